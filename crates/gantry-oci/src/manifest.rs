@@ -75,6 +75,8 @@ impl Default for ImageIndex {
 }
 
 /// A manifest or an index, as read from a blob whose kind may not be known in advance.
+// Documents are few and short-lived; boxing would only complicate matching.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Document {
     /// An image manifest.
