@@ -1,0 +1,377 @@
+//! Per-entry metadata: mode, owner, mtime, xattrs and PAX records, with layer defaults and
+//! per-path overrides in the shape of rules_img's `file_metadata`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// PAX keys that gantry derives from the entry itself; users set them through fields instead.
+const MANAGED_PAX_KEYS: &[&str] = &[
+    "path",
+    "linkpath",
+    "size",
+    "uid",
+    "gid",
+    "uname",
+    "gname",
+    "mtime",
+    "atime",
+    "ctime",
+    "hdrcharset",
+    "charset",
+    "comment",
+];
+/// The PAX prefix for extended attributes (as GNU tar, bsdtar and Go write them).
+pub const XATTR_PREFIX: &str = "SCHILY.xattr.";
+
+/// The metadata written into one tar header.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Meta {
+    /// Permission bits, including setuid, setgid and sticky (at most `0o7777`).
+    pub mode: u32,
+    /// Owner id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Owner name (empty unless set).
+    pub uname: String,
+    /// Group name (empty unless set).
+    pub gname: String,
+    /// Modification time in epoch seconds.
+    pub mtime: i64,
+    /// Extra PAX records, including `SCHILY.xattr.*`; sorted by key.
+    pub pax: BTreeMap<String, Vec<u8>>,
+}
+
+/// Metadata as users write it (TOML or JSON), every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetaSpec {
+    /// Octal permission string such as `"0755"`.
+    pub mode: Option<String>,
+    /// Owner id.
+    pub uid: Option<u32>,
+    /// Group id.
+    pub gid: Option<u32>,
+    /// Owner name.
+    pub uname: Option<String>,
+    /// Group name.
+    pub gname: Option<String>,
+    /// Epoch seconds or RFC 3339.
+    pub mtime: Option<TimeSpec>,
+    /// Extended attributes (`user.foo = "bar"`).
+    #[serde(default)]
+    pub xattrs: BTreeMap<String, String>,
+    /// Raw PAX records.
+    #[serde(default)]
+    pub pax_records: BTreeMap<String, String>,
+}
+
+/// Layer-wide defaults as users write them: [`MetaSpec`] plus a separate directory mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DefaultsSpec {
+    /// Mode of regular files (default: `0755` if the source is executable, else `0644`).
+    pub mode: Option<String>,
+    /// Mode of directories (default `0755`).
+    pub dir_mode: Option<String>,
+    /// Owner id (default 0).
+    pub uid: Option<u32>,
+    /// Group id (default 0).
+    pub gid: Option<u32>,
+    /// Owner name (default empty).
+    pub uname: Option<String>,
+    /// Group name (default empty).
+    pub gname: Option<String>,
+    /// Modification time (default `SOURCE_DATE_EPOCH`, else 0).
+    pub mtime: Option<TimeSpec>,
+    /// Extended attributes for every entry.
+    #[serde(default)]
+    pub xattrs: BTreeMap<String, String>,
+    /// PAX records for every entry.
+    #[serde(default)]
+    pub pax_records: BTreeMap<String, String>,
+}
+
+/// A time written as epoch seconds or as an RFC 3339 string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TimeSpec {
+    /// Epoch seconds.
+    Epoch(i64),
+    /// RFC 3339 (or epoch seconds as a string).
+    Text(String),
+}
+
+/// A validated override: only the fields that were given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaOverride {
+    /// Mode.
+    pub mode: Option<u32>,
+    /// Owner id.
+    pub uid: Option<u32>,
+    /// Group id.
+    pub gid: Option<u32>,
+    /// Owner name.
+    pub uname: Option<String>,
+    /// Group name.
+    pub gname: Option<String>,
+    /// Modification time.
+    pub mtime: Option<i64>,
+    /// PAX records (xattrs already prefixed).
+    pub pax: BTreeMap<String, Vec<u8>>,
+}
+
+impl MetaOverride {
+    /// Applies the given fields on top of `meta`.
+    pub fn apply(&self, meta: &mut Meta) {
+        if let Some(m) = self.mode {
+            meta.mode = m;
+        }
+        if let Some(u) = self.uid {
+            meta.uid = u;
+        }
+        if let Some(g) = self.gid {
+            meta.gid = g;
+        }
+        if let Some(u) = &self.uname {
+            meta.uname.clone_from(u);
+        }
+        if let Some(g) = &self.gname {
+            meta.gname.clone_from(g);
+        }
+        if let Some(t) = self.mtime {
+            meta.mtime = t;
+        }
+        for (k, v) in &self.pax {
+            meta.pax.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == MetaOverride::default()
+    }
+}
+
+/// Validated layer defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// Mode for regular files, or `None` for "0755 if executable, else 0644".
+    pub file_mode: Option<u32>,
+    /// Mode for directories.
+    pub dir_mode: u32,
+    /// Owner, group, names, time and PAX records for every entry.
+    pub common: MetaOverride,
+    /// The mtime used when nothing else sets one.
+    pub mtime: i64,
+}
+
+impl Defaults {
+    /// Defaults with everything unset and `mtime` as the fallback time.
+    pub fn new(mtime: i64) -> Self {
+        Defaults {
+            file_mode: None,
+            dir_mode: 0o755,
+            common: MetaOverride::default(),
+            mtime,
+        }
+    }
+
+    /// Validates user defaults; `fallback_mtime` is `SOURCE_DATE_EPOCH` or 0.
+    pub fn from_spec(spec: &DefaultsSpec, fallback_mtime: i64) -> Result<Self, Error> {
+        let ctx = "layer defaults";
+        let common = MetaSpec {
+            mode: None,
+            uid: spec.uid,
+            gid: spec.gid,
+            uname: spec.uname.clone(),
+            gname: spec.gname.clone(),
+            mtime: spec.mtime.clone(),
+            xattrs: spec.xattrs.clone(),
+            pax_records: spec.pax_records.clone(),
+        }
+        .validate(ctx)?;
+        Ok(Defaults {
+            file_mode: spec
+                .mode
+                .as_deref()
+                .map(|m| parse_mode(m, ctx))
+                .transpose()?,
+            dir_mode: spec
+                .dir_mode
+                .as_deref()
+                .map(|m| parse_mode(m, ctx))
+                .transpose()?
+                .unwrap_or(0o755),
+            mtime: common.mtime.unwrap_or(fallback_mtime),
+            common,
+        })
+    }
+
+    /// The base metadata of an entry before per-path overrides: root-owned, default time.
+    pub fn base(&self, mode: u32) -> Meta {
+        let mut m = Meta {
+            mode,
+            uid: 0,
+            gid: 0,
+            uname: String::new(),
+            gname: String::new(),
+            mtime: self.mtime,
+            pax: BTreeMap::new(),
+        };
+        self.common.apply(&mut m);
+        m
+    }
+}
+
+impl MetaSpec {
+    /// Validates every field; `ctx` names the entry in errors (`/app/server`).
+    pub fn validate(&self, ctx: &str) -> Result<MetaOverride, Error> {
+        let mut pax = BTreeMap::new();
+        for (name, value) in &self.xattrs {
+            check_pax_text(ctx, "xattrs", name)?;
+            pax.insert(format!("{XATTR_PREFIX}{name}"), value.as_bytes().to_vec());
+        }
+        for (key, value) in &self.pax_records {
+            check_pax_text(ctx, "pax-records", key)?;
+            if MANAGED_PAX_KEYS.contains(&key.as_str()) || key.starts_with("GNU.sparse") {
+                return Err(Error::InvalidMetadata {
+                    path: ctx.to_owned(),
+                    field: "pax-records",
+                    value: key.clone(),
+                    reason: "this PAX record is derived from the entry; set the field instead"
+                        .to_owned(),
+                });
+            }
+            pax.insert(key.clone(), value.as_bytes().to_vec());
+        }
+        for (field, name) in [("uname", &self.uname), ("gname", &self.gname)] {
+            if let Some(n) = name
+                && (n.contains('\0') || n.len() > 255)
+            {
+                return Err(Error::InvalidMetadata {
+                    path: ctx.to_owned(),
+                    field,
+                    value: n.clone(),
+                    reason: "names must be at most 255 bytes without NUL".to_owned(),
+                });
+            }
+        }
+        Ok(MetaOverride {
+            mode: self
+                .mode
+                .as_deref()
+                .map(|m| parse_mode(m, ctx))
+                .transpose()?,
+            uid: self.uid,
+            gid: self.gid,
+            uname: self.uname.clone(),
+            gname: self.gname.clone(),
+            mtime: self.mtime.as_ref().map(|t| t.resolve(ctx)).transpose()?,
+            pax,
+        })
+    }
+}
+
+impl TimeSpec {
+    /// Epoch seconds; `ctx` names the entry in errors.
+    pub fn resolve(&self, ctx: &str) -> Result<i64, Error> {
+        match self {
+            TimeSpec::Epoch(s) => Ok(*s),
+            TimeSpec::Text(t) => {
+                gantry_oci::time::parse_epoch_or_rfc3339(t).map_err(|e| Error::InvalidMetadata {
+                    path: ctx.to_owned(),
+                    field: "mtime",
+                    value: t.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Parses an octal mode string (`"0755"`, `"755"`, `"04755"`).
+pub fn parse_mode(s: &str, ctx: &str) -> Result<u32, Error> {
+    let bad = |reason: &str| Error::InvalidMetadata {
+        path: ctx.to_owned(),
+        field: "mode",
+        value: s.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(bad("expected an octal mode such as \"0755\""));
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| bad("not an octal number"))?;
+    if mode > 0o7777 {
+        return Err(bad("mode must be at most 07777"));
+    }
+    Ok(mode)
+}
+
+fn check_pax_text(ctx: &str, field: &'static str, key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.contains(['=', '\0', '\n']) {
+        return Err(Error::InvalidMetadata {
+            path: ctx.to_owned(),
+            field,
+            value: key.to_owned(),
+            reason: "keys must be non-empty and contain no '=', NUL or newline".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0755", "x").unwrap(), 0o755);
+        assert_eq!(parse_mode("4755", "x").unwrap(), 0o4755);
+        assert_eq!(parse_mode("0o644", "x").unwrap(), 0o644);
+        for bad in ["", "0999", "abc", "-1", "77777", "1777777"] {
+            assert!(parse_mode(bad, "x").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_validation_names_the_entry() {
+        let spec: MetaSpec = toml::from_str(r#"mode = "0999""#).unwrap();
+        let e = spec.validate("/app/x").unwrap_err().to_string();
+        assert!(e.contains("/app/x") && e.contains("mode"), "{e}");
+        assert!(toml::from_str::<MetaSpec>("uid = -1").is_err());
+        assert!(toml::from_str::<MetaSpec>("uid = 4294967296").is_err());
+        assert!(toml::from_str::<MetaSpec>("colour = 1").is_err());
+        let spec: MetaSpec = toml::from_str(r#"mtime = "not a time""#).unwrap();
+        assert!(spec.validate("/a").is_err());
+        let spec: MetaSpec = toml::from_str(r#"pax-records = { path = "x" }"#).unwrap();
+        assert!(spec.validate("/a").is_err());
+    }
+
+    #[test]
+    fn overrides_apply_on_defaults() {
+        let d: DefaultsSpec = toml::from_str(
+            r#"uid = 1000
+gid = 1000
+mtime = "2024-01-01T00:00:00Z"
+xattrs = { "user.a" = "1" }"#,
+        )
+        .unwrap();
+        let d = Defaults::from_spec(&d, 0).unwrap();
+        let mut m = d.base(0o644);
+        assert_eq!((m.uid, m.gid, m.mtime), (1000, 1000, 1_704_067_200));
+        let o: MetaSpec = toml::from_str(
+            r#"mode = "0600"
+uid = 0"#,
+        )
+        .unwrap();
+        o.validate("/x").unwrap().apply(&mut m);
+        assert_eq!((m.mode, m.uid, m.gid), (0o600, 0, 1000));
+        assert_eq!(m.pax.get("SCHILY.xattr.user.a").unwrap(), b"1");
+    }
+}

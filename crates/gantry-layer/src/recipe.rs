@@ -1,0 +1,922 @@
+//! A layer recipe: what goes into a layer, resolved from sources into a sorted entry list.
+//!
+//! [`RecipeBuilder`] collects entries from files, directory trees, inline content, links,
+//! empty directories and whiteouts, then [`RecipeBuilder::build`] checks the whole set
+//! (duplicates, link targets, metadata that matches nothing), adds parent directories, applies
+//! defaults and per-path metadata, turns shared inodes into hard links, and sorts by path bytes.
+//! Nothing is read from the sources' contents here; the tar writer streams them later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::meta::{Defaults, Meta, MetaOverride};
+use crate::{Error, ImagePath};
+
+/// The prefix of whiteout file names.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// The name of the opaque-directory marker.
+pub const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
+
+/// One tar entry, ready to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Where it goes.
+    pub path: ImagePath,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Mode, owner, time, PAX records.
+    pub meta: Meta,
+}
+
+/// The type of an entry and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File(FileSource),
+    /// A directory.
+    Dir,
+    /// A symbolic link; the target is stored verbatim.
+    Symlink(Vec<u8>),
+    /// A hard link to an earlier entry of the same layer.
+    Hardlink(ImagePath),
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    CharDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device.
+    BlockDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileSource {
+    /// A file on disk and the size it had when the recipe was made (checked again when read).
+    Disk {
+        /// The source file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// Bytes given inline (content entries, whiteouts).
+    Inline(Arc<[u8]>),
+}
+
+impl FileSource {
+    /// The number of content bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            FileSource::Disk { size, .. } => *size,
+            FileSource::Inline(b) => b.len() as u64,
+        }
+    }
+}
+
+/// A complete, validated, sorted list of entries.
+#[derive(Debug, Clone, Default)]
+pub struct Recipe {
+    /// Entries in tar order.
+    pub entries: Vec<Entry>,
+    /// Things worth telling the user that are not errors (skipped sockets).
+    pub warnings: Vec<String>,
+}
+
+impl Recipe {
+    /// Total bytes of file content, for progress reporting.
+    pub fn content_size(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| match &e.kind {
+                EntryKind::File(f) => f.size(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// Include and exclude globs for a directory tree. A pattern without `/` matches an entry's
+/// name at any depth (`*.pyc`); a pattern with `/` matches the path relative to the tree root
+/// (`docs/**`). `*` never crosses `/`; `**` does.
+#[derive(Debug, Clone, Default)]
+pub struct TreeFilter {
+    include: Option<Matcher>,
+    exclude: Option<Matcher>,
+}
+
+#[derive(Debug, Clone)]
+struct Matcher {
+    by_name: GlobSet,
+    by_path: GlobSet,
+}
+
+impl Matcher {
+    fn new(patterns: &[String]) -> Result<Option<Self>, Error> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let mut by_name = GlobSetBuilder::new();
+        let mut by_path = GlobSetBuilder::new();
+        for p in patterns {
+            let trimmed = p.trim_start_matches('/');
+            let glob: Glob = GlobBuilder::new(trimmed)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|source| Error::Glob {
+                    pattern: p.clone(),
+                    source,
+                })?;
+            if p.contains('/') {
+                by_path.add(glob);
+            } else {
+                by_name.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder, p: &[String]| {
+            b.build().map_err(|source| Error::Glob {
+                pattern: p.join(", "),
+                source,
+            })
+        };
+        Ok(Some(Matcher {
+            by_name: build(by_name, patterns)?,
+            by_path: build(by_path, patterns)?,
+        }))
+    }
+
+    fn is_match(&self, rel: &Path) -> bool {
+        self.by_path.is_match(rel) || rel.file_name().is_some_and(|n| self.by_name.is_match(n))
+    }
+}
+
+impl TreeFilter {
+    /// Builds a filter; an invalid glob is an error naming it.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, Error> {
+        Ok(TreeFilter {
+            include: Matcher::new(include)?,
+            exclude: Matcher::new(exclude)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    kind: ItemKind,
+    origin: String,
+}
+
+#[derive(Debug, Clone)]
+enum ItemKind {
+    DiskFile {
+        src: PathBuf,
+        size: u64,
+        exec: bool,
+        inode: (u64, u64),
+    },
+    Inline(Arc<[u8]>),
+    Dir {
+        implicit: bool,
+    },
+    Symlink(Vec<u8>),
+    Fifo {
+        mode: u32,
+    },
+    Char {
+        major: u32,
+        minor: u32,
+        mode: u32,
+    },
+    Block {
+        major: u32,
+        minor: u32,
+        mode: u32,
+    },
+}
+
+impl ItemKind {
+    fn describe(&self) -> &'static str {
+        match self {
+            ItemKind::DiskFile { .. } | ItemKind::Inline(_) => "file",
+            ItemKind::Dir { .. } => "directory",
+            ItemKind::Symlink(_) => "symlink",
+            ItemKind::Fifo { .. } => "fifo",
+            ItemKind::Char { .. } => "character device",
+            ItemKind::Block { .. } => "block device",
+        }
+    }
+}
+
+/// Collects entries and builds a [`Recipe`].
+#[derive(Debug)]
+pub struct RecipeBuilder {
+    defaults: Defaults,
+    parents: bool,
+    items: BTreeMap<ImagePath, Item>,
+    links: BTreeMap<ImagePath, (ImagePath, String)>,
+    metadata: BTreeMap<ImagePath, MetaOverride>,
+    warnings: Vec<String>,
+}
+
+impl RecipeBuilder {
+    /// A builder with the given defaults; `parents` adds missing parent directories.
+    pub fn new(defaults: Defaults, parents: bool) -> Self {
+        RecipeBuilder {
+            defaults,
+            parents,
+            items: BTreeMap::new(),
+            links: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, path: ImagePath, kind: ItemKind, origin: &str) -> Result<(), Error> {
+        if path.is_root() {
+            return Err(Error::InvalidPath {
+                path: "/".to_owned(),
+                reason: format!("{origin}: the root directory cannot be replaced"),
+            });
+        }
+        if let Some((_, first)) = self.links.get(&path) {
+            return Err(Error::DuplicatePath {
+                path: path.to_string(),
+                first: first.clone(),
+                second: origin.to_owned(),
+            });
+        }
+        match self.items.get(&path) {
+            None => {
+                self.items.insert(
+                    path,
+                    Item {
+                        kind,
+                        origin: origin.to_owned(),
+                    },
+                );
+                Ok(())
+            }
+            // Two sources may contribute to the same directory; its contents must not clash.
+            Some(existing)
+                if matches!(existing.kind, ItemKind::Dir { .. })
+                    && matches!(kind, ItemKind::Dir { .. }) =>
+            {
+                Ok(())
+            }
+            Some(existing) => Err(Error::DuplicatePath {
+                path: path.to_string(),
+                first: existing.origin.clone(),
+                second: origin.to_owned(),
+            }),
+        }
+    }
+
+    /// Adds one file from disk (symlinks to files are followed: the file was named explicitly).
+    pub fn add_file(&mut self, dest: ImagePath, src: &Path) -> Result<(), Error> {
+        let md = fs::metadata(src).map_err(|source| Error::Source {
+            path: src.to_owned(),
+            source,
+        })?;
+        if md.is_dir() {
+            return Err(Error::UnsupportedSource {
+                path: src.to_owned(),
+                reason: "is a directory; add it as a directory tree instead".to_owned(),
+            });
+        }
+        if !md.is_file() {
+            return Err(Error::UnsupportedSource {
+                path: src.to_owned(),
+                reason: "is not a regular file".to_owned(),
+            });
+        }
+        let origin = format!("file {}", src.display());
+        self.insert(
+            dest,
+            ItemKind::DiskFile {
+                src: src.to_owned(),
+                size: md.len(),
+                exec: md.mode() & 0o100 != 0,
+                inode: (md.dev(), md.ino()),
+            },
+            &origin,
+        )
+    }
+
+    /// Adds a directory tree recursively. Symlinks inside it are kept as symlinks; hard-linked
+    /// files become tar hard links; sockets are skipped with a warning.
+    pub fn add_tree(
+        &mut self,
+        dest: ImagePath,
+        src: &Path,
+        filter: &TreeFilter,
+    ) -> Result<(), Error> {
+        let md = fs::metadata(src).map_err(|source| Error::Source {
+            path: src.to_owned(),
+            source,
+        })?;
+        if !md.is_dir() {
+            return Err(Error::UnsupportedSource {
+                path: src.to_owned(),
+                reason: "is not a directory".to_owned(),
+            });
+        }
+        let origin = format!("directory {}", src.display());
+        if !dest.is_root() {
+            self.insert(dest.clone(), ItemKind::Dir { implicit: false }, &origin)?;
+        }
+        let mut walk = walkdir::WalkDir::new(src)
+            .follow_links(false)
+            .min_depth(1)
+            .into_iter();
+        while let Some(next) = walk.next() {
+            let entry = next.map_err(|e| Error::Source {
+                path: e.path().unwrap_or(src).to_owned(),
+                source: e.into_io_error().unwrap_or_else(|| {
+                    std::io::Error::other("filesystem loop while walking the directory")
+                }),
+            })?;
+            let rel = entry
+                .path()
+                .strip_prefix(src)
+                .expect("walkdir yields paths under its root");
+            let ft = entry.file_type();
+            if filter.exclude.as_ref().is_some_and(|m| m.is_match(rel)) {
+                if ft.is_dir() {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            let included = filter.include.as_ref().is_none_or(|m| m.is_match(rel));
+            if ft.is_dir() && !included {
+                // Added later only if something inside it is included.
+                continue;
+            }
+            if !included {
+                continue;
+            }
+            let path = dest.join_relative(rel.as_os_str().as_bytes())?;
+            let kind = self.tree_item(entry.path(), &ft)?;
+            let Some(kind) = kind else { continue };
+            // Directories between the tree root and this entry belong to the tree.
+            for anc in path.ancestors() {
+                if anc.as_bytes().len() > dest.as_bytes().len() && !self.items.contains_key(&anc) {
+                    self.insert(anc, ItemKind::Dir { implicit: false }, &origin)?;
+                }
+            }
+            self.insert(path, kind, &origin)?;
+        }
+        Ok(())
+    }
+
+    fn tree_item(&mut self, p: &Path, ft: &fs::FileType) -> Result<Option<ItemKind>, Error> {
+        let src_err = |source| Error::Source {
+            path: p.to_owned(),
+            source,
+        };
+        if ft.is_dir() {
+            return Ok(Some(ItemKind::Dir { implicit: false }));
+        }
+        if ft.is_symlink() {
+            let target = fs::read_link(p).map_err(src_err)?;
+            return Ok(Some(ItemKind::Symlink(
+                target.as_os_str().as_bytes().to_vec(),
+            )));
+        }
+        let md = fs::symlink_metadata(p).map_err(src_err)?;
+        let perm = md.mode() & 0o7777;
+        let dev = || {
+            let rdev = md.rdev();
+            (rustix::fs::major(rdev), rustix::fs::minor(rdev))
+        };
+        Ok(Some(if ft.is_file() {
+            ItemKind::DiskFile {
+                src: p.to_owned(),
+                size: md.len(),
+                exec: md.mode() & 0o100 != 0,
+                inode: (md.dev(), md.ino()),
+            }
+        } else if ft.is_fifo() {
+            ItemKind::Fifo { mode: perm }
+        } else if ft.is_char_device() {
+            let (major, minor) = dev();
+            ItemKind::Char {
+                major,
+                minor,
+                mode: perm,
+            }
+        } else if ft.is_block_device() {
+            let (major, minor) = dev();
+            ItemKind::Block {
+                major,
+                minor,
+                mode: perm,
+            }
+        } else {
+            self.warnings.push(format!(
+                "skipped socket {} (sockets cannot be archived)",
+                p.display()
+            ));
+            return Ok(None);
+        }))
+    }
+
+    /// Adds a file with inline content.
+    pub fn add_content(&mut self, dest: ImagePath, content: &[u8]) -> Result<(), Error> {
+        let origin = format!("content for {dest}");
+        self.insert(dest, ItemKind::Inline(Arc::from(content)), &origin)
+    }
+
+    /// Adds a symbolic link; the target is stored verbatim and resolved only at run time.
+    pub fn add_symlink(&mut self, dest: ImagePath, target: &[u8]) -> Result<(), Error> {
+        if target.is_empty() || target.contains(&0) || target.len() > crate::path::MAX_PATH_LEN {
+            return Err(Error::InvalidPath {
+                path: dest.to_string(),
+                reason: "a symlink target must be 1 to 4096 bytes without NUL".to_owned(),
+            });
+        }
+        let origin = format!("symlink {dest}");
+        self.insert(dest, ItemKind::Symlink(target.to_vec()), &origin)
+    }
+
+    /// Adds a hard link to another regular file of this layer.
+    pub fn add_hardlink(&mut self, dest: ImagePath, target: ImagePath) -> Result<(), Error> {
+        let origin = format!("hard link {dest}");
+        if let Some(existing) = self.items.get(&dest) {
+            return Err(Error::DuplicatePath {
+                path: dest.to_string(),
+                first: existing.origin.clone(),
+                second: origin,
+            });
+        }
+        if let Some((_, first)) = self.links.get(&dest) {
+            return Err(Error::DuplicatePath {
+                path: dest.to_string(),
+                first: first.clone(),
+                second: origin,
+            });
+        }
+        self.links.insert(dest, (target, origin));
+        Ok(())
+    }
+
+    /// Adds an empty directory.
+    pub fn add_empty_dir(&mut self, dest: ImagePath) -> Result<(), Error> {
+        let origin = format!("directory {dest}");
+        self.insert(dest, ItemKind::Dir { implicit: false }, &origin)
+    }
+
+    /// Adds a whiteout hiding `path` of lower layers.
+    pub fn add_whiteout(&mut self, path: ImagePath) -> Result<(), Error> {
+        let name = path.file_name();
+        if path.is_root() || name.starts_with(WHITEOUT_PREFIX) {
+            return Err(Error::InvalidPath {
+                path: path.to_string(),
+                reason: "cannot white out the root or a whiteout name".to_owned(),
+            });
+        }
+        let mut wh = WHITEOUT_PREFIX.to_vec();
+        wh.extend_from_slice(name);
+        let origin = format!("whiteout {path}");
+        let wh_path = path.with_file_name(&wh)?;
+        self.insert(wh_path, ItemKind::Inline(Arc::from(&b""[..])), &origin)
+    }
+
+    /// Marks a directory opaque: its contents in lower layers are hidden.
+    pub fn add_opaque(&mut self, dir: ImagePath) -> Result<(), Error> {
+        if dir.is_root() {
+            return Err(Error::InvalidPath {
+                path: "/".to_owned(),
+                reason: "the root cannot be made opaque".to_owned(),
+            });
+        }
+        let origin = format!("opaque directory {dir}");
+        let marker = dir.child(OPAQUE_WHITEOUT)?;
+        self.insert(marker, ItemKind::Inline(Arc::from(&b""[..])), &origin)
+    }
+
+    /// Sets metadata for one path. The path must name an entry of the layer by the time
+    /// [`RecipeBuilder::build`] runs.
+    pub fn set_metadata(&mut self, path: ImagePath, meta: MetaOverride) -> Result<(), Error> {
+        if self.metadata.insert(path.clone(), meta).is_some() {
+            return Err(Error::DuplicatePath {
+                path: path.to_string(),
+                first: "metadata".to_owned(),
+                second: "metadata".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates everything and produces the sorted entry list.
+    pub fn build(mut self) -> Result<Recipe, Error> {
+        self.check_links()?;
+        self.add_parents()?;
+        for path in self.metadata.keys() {
+            if !self.items.contains_key(path) && !self.links.contains_key(path) {
+                return Err(Error::UnknownMetadataPath {
+                    path: path.to_string(),
+                });
+            }
+        }
+
+        let mut entries: BTreeMap<ImagePath, Entry> = BTreeMap::new();
+        for (path, item) in &self.items {
+            let meta = self.meta_for(path, &item.kind);
+            let kind = match &item.kind {
+                ItemKind::DiskFile { src, size, .. } => EntryKind::File(FileSource::Disk {
+                    path: src.clone(),
+                    size: *size,
+                }),
+                ItemKind::Inline(b) => EntryKind::File(FileSource::Inline(b.clone())),
+                ItemKind::Dir { .. } => EntryKind::Dir,
+                ItemKind::Symlink(t) => EntryKind::Symlink(t.clone()),
+                ItemKind::Fifo { .. } => EntryKind::Fifo,
+                ItemKind::Char { major, minor, .. } => EntryKind::CharDevice {
+                    major: *major,
+                    minor: *minor,
+                },
+                ItemKind::Block { major, minor, .. } => EntryKind::BlockDevice {
+                    major: *major,
+                    minor: *minor,
+                },
+            };
+            entries.insert(
+                path.clone(),
+                Entry {
+                    path: path.clone(),
+                    kind,
+                    meta,
+                },
+            );
+        }
+        self.link_groups(&mut entries);
+        Ok(Recipe {
+            entries: entries.into_values().collect(),
+            warnings: self.warnings,
+        })
+    }
+
+    fn check_links(&self) -> Result<(), Error> {
+        for (path, (target, _)) in &self.links {
+            let ok = matches!(
+                self.items.get(target).map(|i| &i.kind),
+                Some(ItemKind::DiskFile { .. } | ItemKind::Inline(_))
+            );
+            if !ok {
+                let reason = match self.items.get(target) {
+                    None if self.links.contains_key(target) => {
+                        "the target is itself a hard link; link to the file".to_owned()
+                    }
+                    None => "the target is not in this layer".to_owned(),
+                    Some(i) => format!("the target is a {}, not a regular file", i.kind.describe()),
+                };
+                return Err(Error::HardlinkTarget {
+                    path: path.to_string(),
+                    target: target.to_string(),
+                    reason,
+                });
+            }
+            if self.metadata.contains_key(path) {
+                return Err(Error::InvalidMetadata {
+                    path: path.to_string(),
+                    field: "metadata",
+                    value: String::new(),
+                    reason: format!("a hard link shares the metadata of its target {target}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn add_parents(&mut self) -> Result<(), Error> {
+        let paths: Vec<ImagePath> = self
+            .items
+            .keys()
+            .chain(self.links.keys())
+            .cloned()
+            .collect();
+        for path in &paths {
+            for anc in path.ancestors() {
+                match self.items.get(&anc) {
+                    Some(Item {
+                        kind: ItemKind::Dir { .. },
+                        ..
+                    }) => {}
+                    Some(other) => {
+                        return Err(Error::InvalidPath {
+                            path: path.to_string(),
+                            reason: format!(
+                                "its parent {anc} is a {} ({})",
+                                other.kind.describe(),
+                                other.origin
+                            ),
+                        });
+                    }
+                    None if self.parents => {
+                        self.items.insert(
+                            anc,
+                            Item {
+                                kind: ItemKind::Dir { implicit: true },
+                                origin: "parent directory".to_owned(),
+                            },
+                        );
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn meta_for(&self, path: &ImagePath, kind: &ItemKind) -> Meta {
+        let d = &self.defaults;
+        let mut meta = match kind {
+            // Implicit parents are plain root-owned directories: they will shadow the
+            // metadata of the same directory in lower layers, so keep them neutral.
+            ItemKind::Dir { implicit: true } => Defaults::new(d.mtime).base(0o755),
+            ItemKind::Dir { implicit: false } => d.base(d.dir_mode),
+            ItemKind::DiskFile { exec, .. } => {
+                d.base(d.file_mode.unwrap_or(if *exec { 0o755 } else { 0o644 }))
+            }
+            ItemKind::Inline(_) => d.base(d.file_mode.unwrap_or(0o644)),
+            ItemKind::Symlink(_) => d.base(0o777),
+            ItemKind::Fifo { mode }
+            | ItemKind::Char { mode, .. }
+            | ItemKind::Block { mode, .. } => d.base(*mode),
+        };
+        if let Some(o) = self.metadata.get(path) {
+            o.apply(&mut meta);
+        }
+        meta
+    }
+
+    /// Turns explicit hard links and files sharing an inode (with equal metadata) into groups;
+    /// the first path of each group in tar order carries the content, the rest link to it.
+    fn link_groups(&self, entries: &mut BTreeMap<ImagePath, Entry>) {
+        let mut group_of: HashMap<ImagePath, usize> = HashMap::new();
+        let mut groups: Vec<Vec<ImagePath>> = Vec::new();
+        let mut by_inode: HashMap<((u64, u64), Meta), usize> = HashMap::new();
+        for (path, item) in &self.items {
+            if let ItemKind::DiskFile { inode, .. } = &item.kind {
+                let meta = entries[path].meta.clone();
+                let g = *by_inode.entry((*inode, meta)).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[g].push(path.clone());
+                group_of.insert(path.clone(), g);
+            }
+        }
+        for (path, (target, _)) in &self.links {
+            let g = *group_of.entry(target.clone()).or_insert_with(|| {
+                groups.push(vec![target.clone()]);
+                groups.len() - 1
+            });
+            groups[g].push(path.clone());
+            // A link is an entry with its target's content and metadata until grouping
+            // decides which name carries the content.
+            let mut e = entries[target].clone();
+            e.path = path.clone();
+            entries.insert(path.clone(), e);
+        }
+        for mut members in groups.into_iter().filter(|g| g.len() > 1) {
+            members.sort();
+            let first = members[0].clone();
+            let (content, meta) = members
+                .iter()
+                .find_map(|m| match &entries[m].kind {
+                    EntryKind::File(f) => Some((f.clone(), entries[m].meta.clone())),
+                    _ => None,
+                })
+                .expect("a link group holds a file");
+            for m in &members {
+                let e = entries.get_mut(m).expect("group member is an entry");
+                e.meta = meta.clone();
+                e.kind = if *m == first {
+                    EntryKind::File(content.clone())
+                } else {
+                    EntryKind::Hardlink(first.clone())
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::MetaSpec;
+
+    fn p(s: &str) -> ImagePath {
+        ImagePath::parse(s).unwrap()
+    }
+
+    fn kinds(r: &Recipe) -> Vec<(String, String)> {
+        r.entries
+            .iter()
+            .map(|e| {
+                let k = match &e.kind {
+                    EntryKind::File(_) => "file".to_owned(),
+                    EntryKind::Dir => "dir".to_owned(),
+                    EntryKind::Symlink(t) => format!("symlink->{}", String::from_utf8_lossy(t)),
+                    EntryKind::Hardlink(t) => format!("hardlink->{t}"),
+                    other => format!("{other:?}"),
+                };
+                (e.path.to_string(), k)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn adds_parents_and_sorts() {
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_content(p("/usr/bin/x"), b"x").unwrap();
+        b.add_symlink(p("/bin"), b"usr/bin").unwrap();
+        b.add_whiteout(p("/etc/old")).unwrap();
+        b.add_opaque(p("/var/cache")).unwrap();
+        let r = b.build().unwrap();
+        let got: Vec<String> = kinds(&r)
+            .into_iter()
+            .map(|(a, k)| format!("{a} {k}"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "/bin symlink->usr/bin",
+                "/etc dir",
+                "/etc/.wh.old file",
+                "/usr dir",
+                "/usr/bin dir",
+                "/usr/bin/x file",
+                "/var dir",
+                "/var/cache dir",
+                "/var/cache/.wh..wh..opq file",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_parents_when_turned_off() {
+        let mut b = RecipeBuilder::new(Defaults::new(0), false);
+        b.add_content(p("/a/b/c"), b"x").unwrap();
+        assert_eq!(b.build().unwrap().entries.len(), 1);
+    }
+
+    #[test]
+    fn duplicates_are_errors_naming_both_sources() {
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_content(p("/x"), b"1").unwrap();
+        let e = b.add_symlink(p("/x"), b"y").unwrap_err().to_string();
+        assert!(
+            e.contains("/x") && e.contains("content") && e.contains("symlink"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn file_under_a_file_is_an_error() {
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_content(p("/a"), b"1").unwrap();
+        b.add_content(p("/a/b"), b"2").unwrap();
+        assert!(b.build().is_err());
+    }
+
+    #[test]
+    fn hardlinks_put_content_on_the_first_name() {
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_content(p("/z/target"), b"data").unwrap();
+        b.add_hardlink(p("/a/link"), p("/z/target")).unwrap();
+        let r = b.build().unwrap();
+        let k = kinds(&r);
+        assert!(k.contains(&("/a/link".into(), "file".into())), "{k:?}");
+        assert!(
+            k.contains(&("/z/target".into(), "hardlink->/a/link".into())),
+            "{k:?}"
+        );
+    }
+
+    #[test]
+    fn hardlink_to_missing_or_non_file_is_an_error() {
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_hardlink(p("/l"), p("/nope")).unwrap();
+        assert!(b.build().unwrap_err().to_string().contains("/nope"));
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_empty_dir(p("/d")).unwrap();
+        b.add_hardlink(p("/l"), p("/d")).unwrap();
+        assert!(b.build().is_err());
+    }
+
+    #[test]
+    fn metadata_for_unknown_path_is_an_error() {
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_content(p("/x"), b"1").unwrap();
+        b.set_metadata(p("/y"), MetaOverride::default()).unwrap();
+        assert!(b.build().unwrap_err().to_string().contains("/y"));
+    }
+
+    #[test]
+    fn metadata_and_defaults_apply() {
+        let d =
+            Defaults::from_spec(&toml::from_str("uid = 7\nmode = \"0600\"").unwrap(), 5).unwrap();
+        let mut b = RecipeBuilder::new(d, true);
+        b.add_content(p("/app/a"), b"1").unwrap();
+        b.add_content(p("/app/b"), b"2").unwrap();
+        let o: MetaSpec = toml::from_str("mode = \"0755\"\nmtime = 9").unwrap();
+        b.set_metadata(p("/app/b"), o.validate("/app/b").unwrap())
+            .unwrap();
+        let r = b.build().unwrap();
+        let m: Vec<(u32, u32, i64)> = r
+            .entries
+            .iter()
+            .map(|e| (e.meta.mode, e.meta.uid, e.meta.mtime))
+            .collect();
+        // Implicit parent /app stays root-owned 0755.
+        assert_eq!(m, [(0o755, 0, 5), (0o600, 7, 5), (0o755, 7, 9)]);
+    }
+
+    #[test]
+    fn tree_walk_with_filters_links_and_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("src");
+        fs::create_dir_all(root.join("lib/sub")).unwrap();
+        fs::create_dir_all(root.join("empty")).unwrap();
+        fs::write(root.join("run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(root.join("lib/a.py"), "a").unwrap();
+        fs::write(root.join("lib/a.pyc"), "c").unwrap();
+        fs::write(root.join("lib/sub/b.py"), "b").unwrap();
+        fs::hard_link(root.join("lib/a.py"), root.join("lib/sub/a2.py")).unwrap();
+        std::os::unix::fs::symlink("../run.sh", root.join("lib/run")).unwrap();
+
+        let f = TreeFilter::new(&[], &["*.pyc".into()]).unwrap();
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_tree(p("/app"), &root, &f).unwrap();
+        let r = b.build().unwrap();
+        let k = kinds(&r);
+        let want: Vec<(String, String)> = [
+            ("/app", "dir"),
+            ("/app/empty", "dir"),
+            ("/app/lib", "dir"),
+            ("/app/lib/a.py", "file"),
+            ("/app/lib/run", "symlink->../run.sh"),
+            ("/app/lib/sub", "dir"),
+            ("/app/lib/sub/a2.py", "hardlink->/app/lib/a.py"),
+            ("/app/lib/sub/b.py", "file"),
+            ("/app/run.sh", "file"),
+        ]
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+        assert_eq!(k, want);
+        let run = r
+            .entries
+            .iter()
+            .find(|e| e.path == p("/app/run.sh"))
+            .unwrap();
+        // Executable source → 0755 regardless of the umask that made it 0700.
+        assert_eq!(run.meta.mode, 0o755);
+
+        // A pattern with '/' is anchored at the tree root; directories come along as parents.
+        let f = TreeFilter::new(&["lib/sub/**".into()], &[]).unwrap();
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_tree(p("/app"), &root, &f).unwrap();
+        let got = kinds(&b.build().unwrap());
+        let want: Vec<(String, String)> = [
+            ("/app", "dir"),
+            ("/app/lib", "dir"),
+            ("/app/lib/sub", "dir"),
+            // Its inode twin lib/a.py is filtered out, so it stays a plain file.
+            ("/app/lib/sub/a2.py", "file"),
+            ("/app/lib/sub/b.py", "file"),
+        ]
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn missing_source_names_the_path() {
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        let e = b
+            .add_file(p("/x"), Path::new("/definitely/missing/file"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/definitely/missing/file"), "{e}");
+    }
+}

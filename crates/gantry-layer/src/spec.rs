@@ -1,0 +1,364 @@
+//! The layer spec: how people and build systems describe a layer. It is the `[layer.NAME]`
+//! table of `gantry.toml`, the file given to `gantry layer --spec`, and what the command-line
+//! flags of `gantry layer` fill in. Unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use crate::meta::{Defaults, DefaultsSpec, MetaSpec};
+use crate::recipe::{RecipeBuilder, TreeFilter};
+use crate::tarread::TarImport;
+use crate::{Compressor, Error, ImagePath, Recipe};
+
+/// A layer as described by a user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LayerSpec {
+    /// Image path → source file.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Image path → source directory (or `{ src, include, exclude }`).
+    #[serde(default)]
+    pub dirs: BTreeMap<String, DirSpec>,
+    /// Image path → inline text.
+    #[serde(default)]
+    pub content: BTreeMap<String, String>,
+    /// Image path → link target (stored verbatim).
+    #[serde(default)]
+    pub symlinks: BTreeMap<String, String>,
+    /// Image path → another image path in this layer.
+    #[serde(default)]
+    pub hardlinks: BTreeMap<String, String>,
+    /// Empty directories.
+    #[serde(default)]
+    pub empty_dirs: Vec<String>,
+    /// Paths of lower layers to delete.
+    #[serde(default)]
+    pub whiteouts: Vec<String>,
+    /// Directories whose lower-layer contents are hidden.
+    #[serde(default)]
+    pub opaque: Vec<String>,
+    /// Metadata defaults for every entry.
+    #[serde(default)]
+    pub defaults: DefaultsSpec,
+    /// Per-path metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, MetaSpec>,
+    /// Create missing parent directories (default true).
+    pub parents: Option<bool>,
+    /// `gzip`, `zstd` or `none`.
+    pub compression: Option<String>,
+    /// Compression level.
+    pub level: Option<i32>,
+    /// An existing tar (plain, gzip or zstd) to use as the layer.
+    pub tar: Option<String>,
+    /// Recompress `tar` with `compression` instead of keeping its bytes.
+    pub recompress: Option<bool>,
+    /// An arbitrary file to use as the blob (an OCI artifact layer).
+    pub file: Option<String>,
+    /// The media type of `file`, or an override for tar layers.
+    pub media_type: Option<String>,
+    /// Descriptor annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// A file of `KEY=VALUE` lines with more annotations.
+    pub annotations_file: Option<String>,
+    /// The history line's `created_by` (default `gantry layer`).
+    pub created_by: Option<String>,
+    /// The history line's comment.
+    pub comment: Option<String>,
+}
+
+/// A directory source: a path, or a path with filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirSpec {
+    /// The source directory.
+    pub src: String,
+    /// Only entries matching one of these globs (directories come along as parents).
+    pub include: Vec<String>,
+    /// Entries matching one of these globs are left out (a matching directory with its contents).
+    pub exclude: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirTable {
+    src: String,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for DirSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DirSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a directory path or a table { src, include, exclude }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DirSpec, E> {
+                Ok(DirSpec {
+                    src: v.to_owned(),
+                    include: Vec::new(),
+                    exclude: Vec::new(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DirSpec, A::Error> {
+                let t = DirTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(DirSpec {
+                    src: t.src,
+                    include: t.include,
+                    exclude: t.exclude,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What a spec turns into once resolved against a base directory.
+#[derive(Debug, Clone)]
+pub enum LayerSource {
+    /// Entries to write as a new tar.
+    Recipe(Recipe),
+    /// An existing tar.
+    Tar {
+        /// Its path.
+        path: PathBuf,
+        /// Keep or recompress.
+        how: TarImport,
+    },
+    /// An arbitrary file used as a blob.
+    Artifact {
+        /// Its path.
+        path: PathBuf,
+        /// Its media type.
+        media_type: String,
+    },
+}
+
+/// A resolved layer: its source, compressor, annotations and history text.
+#[derive(Debug, Clone)]
+pub struct LayerPlan {
+    /// Where the bytes come from.
+    pub source: LayerSource,
+    /// The compressor for new tars (and recompression).
+    pub compressor: Compressor,
+    /// A media type that overrides the computed one.
+    pub media_type: Option<String>,
+    /// Descriptor annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// History `created_by`.
+    pub created_by: String,
+    /// History comment.
+    pub comment: Option<String>,
+}
+
+impl LayerSpec {
+    /// Parses a spec file: TOML, or JSON when the name ends in `.json`.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Source {
+            path: path.to_owned(),
+            source,
+        })?;
+        let what = path.display().to_string();
+        if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| Error::Spec {
+                what,
+                reason: e.to_string(),
+            })
+        } else {
+            toml::from_str(&text).map_err(|e| Error::Spec {
+                what,
+                reason: e.to_string(),
+            })
+        }
+    }
+
+    /// Resolves the spec: relative sources are taken from `base_dir`; `mtime` is the fallback
+    /// time (`SOURCE_DATE_EPOCH`, else 0). `what` names the spec in errors. Every source is
+    /// checked here, before any layer work starts.
+    pub fn plan(&self, base_dir: &Path, mtime: i64, what: &str) -> Result<LayerPlan, Error> {
+        let spec_err = |reason: &str| Error::Spec {
+            what: what.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let has_entries = !(self.files.is_empty()
+            && self.dirs.is_empty()
+            && self.content.is_empty()
+            && self.symlinks.is_empty()
+            && self.hardlinks.is_empty()
+            && self.empty_dirs.is_empty()
+            && self.whiteouts.is_empty()
+            && self.opaque.is_empty());
+        let kinds = [has_entries, self.tar.is_some(), self.file.is_some()];
+        if kinds.iter().filter(|&&k| k).count() > 1 {
+            return Err(spec_err(
+                "entries (files, dirs, …), `tar` and `file` are alternatives; give one",
+            ));
+        }
+        if self.recompress.is_some() && self.tar.is_none() {
+            return Err(spec_err("`recompress` applies only to a `tar` layer"));
+        }
+        if self.file.is_some() && self.media_type.is_none() {
+            return Err(spec_err("a `file` layer needs a `media-type`"));
+        }
+        let compressor =
+            Compressor::parse(self.compression.as_deref().unwrap_or("gzip"), self.level)?;
+        if let Some(mt) = &self.media_type {
+            gantry_oci::validate_media_type(mt).map_err(|r| spec_err(&r))?;
+        }
+        let resolve = |p: &str| base_dir.join(p);
+
+        let source = if let Some(t) = &self.tar {
+            let path = resolve(t);
+            let how = if self.recompress == Some(true) {
+                TarImport::Recompress(compressor)
+            } else {
+                TarImport::Keep
+            };
+            LayerSource::Tar { path, how }
+        } else if let Some(f) = &self.file {
+            LayerSource::Artifact {
+                path: resolve(f),
+                media_type: self.media_type.clone().expect("checked above"),
+            }
+        } else {
+            LayerSource::Recipe(self.recipe(base_dir, mtime)?)
+        };
+
+        let mut annotations = self.annotations.clone();
+        if let Some(f) = &self.annotations_file {
+            let path = resolve(f);
+            for (k, v) in read_kv_file(&path)? {
+                annotations.entry(k).or_insert(v);
+            }
+        }
+        Ok(LayerPlan {
+            source,
+            compressor,
+            media_type: self.media_type.clone(),
+            annotations,
+            created_by: self
+                .created_by
+                .clone()
+                .unwrap_or_else(|| "gantry layer".to_owned()),
+            comment: self.comment.clone(),
+        })
+    }
+
+    fn recipe(&self, base_dir: &Path, mtime: i64) -> Result<Recipe, Error> {
+        let defaults = Defaults::from_spec(&self.defaults, mtime)?;
+        let mut b = RecipeBuilder::new(defaults, self.parents.unwrap_or(true));
+        for (dest, src) in &self.files {
+            b.add_file(ImagePath::parse(dest)?, &base_dir.join(src))?;
+        }
+        for (dest, d) in &self.dirs {
+            let filter = TreeFilter::new(&d.include, &d.exclude)?;
+            b.add_tree(ImagePath::parse(dest)?, &base_dir.join(&d.src), &filter)?;
+        }
+        for (dest, text) in &self.content {
+            b.add_content(ImagePath::parse(dest)?, text.as_bytes())?;
+        }
+        for (dest, target) in &self.symlinks {
+            b.add_symlink(ImagePath::parse(dest)?, target.as_bytes())?;
+        }
+        for (dest, target) in &self.hardlinks {
+            b.add_hardlink(ImagePath::parse(dest)?, ImagePath::parse(target)?)?;
+        }
+        for d in &self.empty_dirs {
+            b.add_empty_dir(ImagePath::parse(d)?)?;
+        }
+        for w in &self.whiteouts {
+            b.add_whiteout(ImagePath::parse(w)?)?;
+        }
+        for o in &self.opaque {
+            b.add_opaque(ImagePath::parse(o)?)?;
+        }
+        for (path, m) in &self.metadata {
+            let p = ImagePath::parse(path)?;
+            b.set_metadata(p, m.validate(path)?)?;
+        }
+        b.build()
+    }
+}
+
+/// Reads `KEY=VALUE` lines (blank lines and `#` comments skipped), as rules_img's
+/// `annotations_file`.
+pub fn read_kv_file(path: &Path) -> Result<Vec<(String, String)>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Source {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| Error::Spec {
+            what: format!("{}:{}", path.display(), n + 1),
+            reason: "expected KEY=VALUE".to_owned(),
+        })?;
+        out.push((k.trim().to_owned(), v.to_owned()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_brief_example() {
+        let spec: LayerSpec = toml::from_str(
+            r#"
+files = { "/app/server" = "target/release/server" }
+dirs = { "/app/static" = "web/dist", "/app/docs" = { src = "docs", exclude = ["*.tmp"] } }
+symlinks = { "/usr/bin/server" = "/app/server" }
+defaults = { mode = "0644", uid = 1000, gid = 1000 }
+metadata."/app/server" = { mode = "0755" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(spec.dirs["/app/docs"].exclude, ["*.tmp"]);
+        assert_eq!(spec.dirs["/app/static"].src, "web/dist");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_location() {
+        let e = toml::from_str::<LayerSpec>("fiels = {}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fiels") && e.contains("line 1"), "{e}");
+        let e = toml::from_str::<LayerSpec>(r#"dirs = { "/a" = { src = "x", exlude = [] } }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exlude"), "{e}");
+    }
+
+    #[test]
+    fn alternatives_are_exclusive() {
+        let spec: LayerSpec = toml::from_str(
+            r#"tar = "x.tar"
+content = { "/a" = "b" }"#,
+        )
+        .unwrap();
+        assert!(spec.plan(Path::new("."), 0, "t").is_err());
+        let spec: LayerSpec = toml::from_str(r#"file = "x.json""#).unwrap();
+        assert!(
+            spec.plan(Path::new("."), 0, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("media-type")
+        );
+        let spec: LayerSpec = toml::from_str(r#"compression = "lz4""#).unwrap();
+        assert!(spec.plan(Path::new("."), 0, "t").is_err());
+    }
+}

@@ -1,0 +1,609 @@
+//! Reading layer tars: decompression with bounds, member-name validation, importing an existing
+//! tar as a layer (kept as is or recompressed) and listing a layer's entries.
+//!
+//! Everything here treats its input as hostile: names are normalised and refused when they
+//! escape (`..`), duplicates are refused (image-spec forbids them and tools disagree about which
+//! copy wins), whiteout names are checked, unsupported entry types (GNU sparse, global PAX
+//! headers) are refused rather than half-understood, and only zeros may follow the end marker.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use gantry_oci::{Compression, Digest, Hasher, HashingReader};
+
+use crate::recipe::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
+use crate::{Compressor, Error};
+
+/// zstd window cap (2^27 = 128 MiB, libzstd's own default limit for decoders).
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Wraps `r` in a decoder for `compression`. gzip accepts many members; zstd refuses windows
+/// over 128 MiB.
+pub fn decoder<'a, R: BufRead + 'a>(
+    r: R,
+    compression: Compression,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+            Box::new(d)
+        }
+    })
+}
+
+/// Normalises a tar member name: leading `/` and `./` and empty or `.` components are dropped
+/// (real images contain absolute names), `..` components are refused. The root is empty.
+pub fn normalize_member_name(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(raw.len());
+    for comp in raw.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err("the name contains '..'".to_owned()),
+            c if c.contains(&0) => return Err("the name contains a NUL byte".to_owned()),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a whiteout name: `.wh.` alone, `.wh..` and `.wh...` are refused (image-spec#1301).
+pub fn check_whiteout_name(normalized: &[u8]) -> Result<(), String> {
+    let base = normalized.rsplit(|&b| b == b'/').next().unwrap_or(b"");
+    if let Some(rest) = base.strip_prefix(WHITEOUT_PREFIX)
+        && base != OPAQUE_WHITEOUT
+        && (rest.is_empty() || rest == b"." || rest == b"..")
+    {
+        return Err(format!(
+            "invalid whiteout name {:?}",
+            String::from_utf8_lossy(base)
+        ));
+    }
+    Ok(())
+}
+
+/// What a tar entry is, in the words `gantry ls` uses.
+pub fn kind_name(t: tar::EntryType) -> Option<&'static str> {
+    use tar::EntryType as T;
+    Some(match t {
+        T::Regular | T::Continuous => "file",
+        T::Directory => "dir",
+        T::Symlink => "symlink",
+        T::Link => "hardlink",
+        T::Char => "char",
+        T::Block => "block",
+        T::Fifo => "fifo",
+        _ => return None,
+    })
+}
+
+/// A reader that counts bytes, so [`walk_tar`] can tell where the tar parser stopped.
+pub struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// The reader type [`walk_tar`]'s visitor sees entries of.
+pub type WalkReader<'b> = Counting<Box<dyn Read + 'b>>;
+
+/// Statistics of a validated tar stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TarStats {
+    /// Number of entries.
+    pub entries: u64,
+    /// Uncompressed bytes, including padding after the end marker.
+    pub size: u64,
+}
+
+/// Walks a tar stream, validating every member, calling `visit` for each, then checks the end
+/// marker and that only zeros follow it. `what` names the input in errors.
+pub fn walk_tar<'b>(
+    reader: Box<dyn Read + 'b>,
+    what: &str,
+    mut visit: impl FnMut(&[u8], &mut tar::Entry<'_, WalkReader<'b>>) -> Result<(), Error>,
+) -> Result<TarStats, Error> {
+    let bad = |entry: Option<&[u8]>, reason: String| Error::InvalidTar {
+        what: what.to_owned(),
+        entry: entry.map(|e| String::from_utf8_lossy(e).into_owned()),
+        reason,
+    };
+    let io_bad = |e: io::Error| bad(None, io_reason(&e));
+    let mut archive = tar::Archive::new(Counting {
+        inner: reader,
+        count: 0,
+    });
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut entries = 0u64;
+    let mut end_of_last = 0u64;
+    for next in archive.entries().map_err(io_bad)? {
+        let mut entry = next.map_err(io_bad)?;
+        let raw = entry.path_bytes().into_owned();
+        let ty = entry.header().entry_type();
+        if kind_name(ty).is_none() {
+            let reason = match ty {
+                tar::EntryType::GNUSparse => "GNU sparse files are not supported".to_owned(),
+                tar::EntryType::XGlobalHeader => {
+                    "global PAX headers are not supported (tools disagree on them)".to_owned()
+                }
+                other => format!("unsupported entry type {:?}", other.as_byte() as char),
+            };
+            return Err(bad(Some(&raw), reason));
+        }
+        let path = normalize_member_name(&raw).map_err(|r| bad(Some(&raw), r))?;
+        if path.is_empty() && ty != tar::EntryType::Directory {
+            return Err(bad(
+                Some(&raw),
+                "refusing an entry that would change the type of the root directory".to_owned(),
+            ));
+        }
+        check_whiteout_name(&path).map_err(|r| bad(Some(&raw), r))?;
+        if ty == tar::EntryType::Link {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| bad(Some(&raw), "hard link without a target".to_owned()))?;
+            let t = normalize_member_name(&target)
+                .map_err(|r| bad(Some(&raw), format!("hard link target: {r}")))?;
+            if t.is_empty() {
+                return Err(bad(
+                    Some(&raw),
+                    "hard link to the root directory".to_owned(),
+                ));
+            }
+        }
+        if !seen.insert(path.clone()) {
+            return Err(bad(Some(&raw), "the same path appears twice".to_owned()));
+        }
+        entries += 1;
+        let size = entry.size();
+        end_of_last = entry.raw_file_position() + size.div_ceil(512) * 512;
+        visit(&path, &mut entry)?;
+    }
+    let mut inner = archive.into_inner();
+    if inner.count < end_of_last + 512 {
+        return Err(bad(
+            None,
+            "truncated: the archive ends without an end-of-archive marker".to_owned(),
+        ));
+    }
+    // Only zero padding may follow the end marker.
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match inner.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_bad(e)),
+        };
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(bad(None, "data follows the end of the archive".to_owned()));
+        }
+    }
+    Ok(TarStats {
+        entries,
+        size: inner.count,
+    })
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => "truncated (unexpected end of data)".to_owned(),
+        _ => format!("corrupt: {e}"),
+    }
+}
+
+/// A reader that copies everything it reads into a writer.
+struct Tee<R, W> {
+    inner: R,
+    out: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// What importing a tar produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedTar {
+    /// The compression of the bytes written to the sink.
+    pub compression: Compression,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Size of the uncompressed tar.
+    pub uncompressed_size: u64,
+    /// Number of entries.
+    pub entries: u64,
+}
+
+/// How to turn an existing tar into a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TarImport {
+    /// Keep the file's bytes exactly (its compression, if any, is detected).
+    Keep,
+    /// Decompress and compress again with this compressor; the tar bytes are unchanged.
+    Recompress(Compressor),
+}
+
+/// Imports the tar at `src` (plain, gzip or zstd, detected) into `sink`, validating it while it
+/// streams and computing its diff_id, in one pass.
+pub fn import_tar<W: Write + Send>(
+    src: &Path,
+    how: TarImport,
+    jobs: usize,
+    sink: W,
+) -> Result<(W, ImportedTar), Error> {
+    let what = src.display().to_string();
+    let src_err = |source| Error::Source {
+        path: src.to_owned(),
+        source,
+    };
+    let file = File::open(src).map_err(src_err)?;
+    let mut file = BufReader::with_capacity(256 * 1024, file);
+    let head = file.fill_buf().map_err(src_err)?;
+    if head.is_empty() {
+        return Err(Error::InvalidTar {
+            what,
+            entry: None,
+            reason: "the file is empty".to_owned(),
+        });
+    }
+    let detected = Compression::sniff(head);
+    match how {
+        TarImport::Keep => {
+            let mut sink = sink;
+            let (diff_id, stats) = {
+                let tee = BufReader::new(Tee {
+                    inner: file,
+                    out: &mut sink,
+                });
+                validate_stream(tee, detected, &what)?
+            };
+            Ok((
+                sink,
+                ImportedTar {
+                    compression: detected,
+                    diff_id,
+                    uncompressed_size: stats.size,
+                    entries: stats.entries,
+                },
+            ))
+        }
+        TarImport::Recompress(c) => {
+            let (sink, (diff_id, stats)) = c.compress(jobs, sink, |w| {
+                let plain = decoder(file, detected).map_err(src_err)?;
+                let tee: Box<dyn Read + '_> = Box::new(Tee {
+                    inner: plain,
+                    out: w,
+                });
+                let mut hashing = HashingReader::new(tee, gantry_oci::Algorithm::Sha256);
+                let stats = walk_tar(Box::new(&mut hashing), &what, |_, _| Ok(()))?;
+                let (_, diff_id, _) = hashing.finish();
+                Ok((diff_id, stats))
+            })?;
+            Ok((
+                sink,
+                ImportedTar {
+                    compression: c.compression(),
+                    diff_id,
+                    uncompressed_size: stats.size,
+                    entries: stats.entries,
+                },
+            ))
+        }
+    }
+}
+
+/// Decompresses, validates and hashes a tar stream; returns its diff_id. The compressed input
+/// must end where the compressed stream ends.
+fn validate_stream<R: BufRead>(
+    input: R,
+    compression: Compression,
+    what: &str,
+) -> Result<(Digest, TarStats), Error> {
+    let mut input = input;
+    let (diff_id, stats) = {
+        let plain = decoder(&mut input, compression).map_err(|e| Error::InvalidTar {
+            what: what.to_owned(),
+            entry: None,
+            reason: io_reason(&e),
+        })?;
+        let mut hashing = HashingReader::new(plain, gantry_oci::Algorithm::Sha256);
+        let stats = walk_tar(Box::new(&mut hashing), what, |_, _| Ok(()))?;
+        let (_, d, _) = hashing.finish();
+        (d, stats)
+    };
+    // Whatever the decoder did not consume is trailing garbage.
+    let mut rest = [0u8; 1];
+    if input.read(&mut rest).map_err(|e| Error::InvalidTar {
+        what: what.to_owned(),
+        entry: None,
+        reason: io_reason(&e),
+    })? != 0
+    {
+        return Err(Error::InvalidTar {
+            what: what.to_owned(),
+            entry: None,
+            reason: "data follows the end of the compressed stream".to_owned(),
+        });
+    }
+    Ok((diff_id, stats))
+}
+
+/// One row of `gantry ls`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ListedEntry {
+    /// `/`-rooted path.
+    pub path: String,
+    /// `file`, `dir`, `symlink`, `hardlink`, `char`, `block`, `fifo`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Permission bits as octal text (`0755`).
+    pub mode: String,
+    /// Owner id.
+    pub uid: u64,
+    /// Group id.
+    pub gid: u64,
+    /// Owner name, if any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uname: String,
+    /// Group name, if any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gname: String,
+    /// Modification time, epoch seconds.
+    pub mtime: i64,
+    /// Content size.
+    pub size: u64,
+    /// sha256 of the content of regular files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// Symlink or hard link target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// Extended attributes.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub xattrs: std::collections::BTreeMap<String, String>,
+}
+
+/// Lists the entries of a (possibly compressed) layer stream, hashing file contents.
+pub fn list_layer<'a, R: BufRead + 'a>(
+    input: R,
+    compression: Compression,
+    what: &str,
+    mut each: impl FnMut(ListedEntry),
+) -> Result<TarStats, Error> {
+    let plain = decoder(input, compression).map_err(|e| Error::InvalidTar {
+        what: what.to_owned(),
+        entry: None,
+        reason: io_reason(&e),
+    })?;
+    walk_tar(plain, what, |path, entry| {
+        let h = entry.header().clone();
+        let kind = kind_name(h.entry_type()).unwrap_or("?");
+        let mut xattrs = std::collections::BTreeMap::new();
+        let mut mtime = h.mtime().unwrap_or(0) as i64;
+        if let Ok(Some(pax)) = entry.pax_extensions() {
+            for ext in pax.flatten() {
+                let Ok(k) = ext.key() else { continue };
+                if let Some(name) = k.strip_prefix(crate::meta::XATTR_PREFIX) {
+                    xattrs.insert(
+                        name.to_owned(),
+                        String::from_utf8_lossy(ext.value_bytes()).into_owned(),
+                    );
+                } else if k == "mtime"
+                    && let Some(t) = ext
+                        .value()
+                        .ok()
+                        .and_then(|v| v.split('.').next()?.parse().ok())
+                {
+                    mtime = t;
+                }
+            }
+        }
+        let link = entry.link_name_bytes().map(|l| match h.entry_type() {
+            tar::EntryType::Link => format!(
+                "/{}",
+                String::from_utf8_lossy(&normalize_member_name(&l).unwrap_or_default())
+            ),
+            _ => String::from_utf8_lossy(&l).into_owned(),
+        });
+        let size = entry.size();
+        let digest = if kind == "file" {
+            let mut hasher = Hasher::sha256();
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                let n = entry.read(&mut buf).map_err(|err| Error::InvalidTar {
+                    what: what.to_owned(),
+                    entry: Some(String::from_utf8_lossy(path).into_owned()),
+                    reason: io_reason(&err),
+                })?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Some(hasher.finish())
+        } else {
+            None
+        };
+        each(ListedEntry {
+            path: format!("/{}", String::from_utf8_lossy(path)),
+            kind,
+            mode: format!("{:04o}", h.mode().unwrap_or(0) & 0o7777),
+            uid: entry.header().uid().unwrap_or(0),
+            gid: entry.header().gid().unwrap_or(0),
+            uname: h.username().ok().flatten().unwrap_or("").to_owned(),
+            gname: h.groupname().ok().flatten().unwrap_or("").to_owned(),
+            mtime,
+            size: if kind == "file" { size } else { 0 },
+            digest,
+            link,
+            xattrs,
+        });
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Writes a raw header with an arbitrary name (tar::Builder refuses `..`).
+    fn raw_tar(name: &[u8], ty: u8) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.as_mut_bytes()[..name.len()].copy_from_slice(name);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::new(ty));
+        h.set_cksum();
+        let mut v = h.as_bytes().to_vec();
+        v.extend_from_slice(&[0u8; 1024]);
+        v
+    }
+
+    fn walk(bytes: &[u8]) -> Result<TarStats, Error> {
+        walk_tar(Box::new(bytes), "t.tar", |_, _| Ok(()))
+    }
+
+    #[test]
+    fn accepts_normal_and_absolute_names() {
+        let t = tar_of(&[("a/b", b"x"), ("c", b"yy")]);
+        assert_eq!(walk(&t).unwrap().entries, 2);
+        assert_eq!(normalize_member_name(b"/etc//x/").unwrap(), b"etc/x");
+        assert_eq!(normalize_member_name(b"./etc/./x").unwrap(), b"etc/x");
+        assert_eq!(normalize_member_name(b"./").unwrap(), b"");
+    }
+
+    // T1: traversal names are refused.
+    #[test]
+    fn refuses_traversal() {
+        for name in [
+            &b"../x"[..],
+            b"../../x",
+            b"..",
+            b"/../x",
+            b"a/../../x",
+            b"./../x",
+        ] {
+            let e = walk(&raw_tar(name, b'0')).unwrap_err().to_string();
+            assert!(e.contains(".."), "{}: {e}", String::from_utf8_lossy(name));
+        }
+    }
+
+    // T4: the root may not become a non-directory.
+    #[test]
+    fn refuses_root_type_change() {
+        assert!(walk(&raw_tar(b"./", b'2')).is_err());
+        assert!(walk(&raw_tar(b"./", b'5')).is_ok());
+    }
+
+    // T8: malformed whiteouts.
+    #[test]
+    fn refuses_bad_whiteouts() {
+        for name in [&b".wh."[..], b"etc/.wh..", b".wh...", b"a/.wh."] {
+            assert!(
+                walk(&raw_tar(name, b'0')).is_err(),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        assert!(walk(&raw_tar(b"etc/.wh..wh..opq", b'0')).is_ok());
+        assert!(walk(&raw_tar(b"etc/.wh.passwd", b'0')).is_ok());
+    }
+
+    // T11b: duplicates.
+    #[test]
+    fn refuses_duplicates_after_normalisation() {
+        let t = tar_of(&[("a/b", b"x"), ("./a/b", b"y")]);
+        assert!(walk(&t).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn refuses_truncation_and_trailing_data() {
+        let t = tar_of(&[("a", &[7u8; 2000])]);
+        // Cut inside the data.
+        assert!(walk(&t[..1200]).is_err());
+        // Cut right after the data: no end marker.
+        assert!(walk(&t[..512 + 2048]).is_err());
+        // Garbage after the end marker.
+        let mut g = t.clone();
+        g.extend_from_slice(b"junk");
+        assert!(walk(&g).is_err());
+        // Zero padding after it is fine.
+        let mut z = t.clone();
+        z.extend_from_slice(&[0u8; 10240]);
+        assert!(walk(&z).is_ok());
+        // A corrupt header checksum.
+        let mut c = t.clone();
+        c[10] ^= 0xff;
+        assert!(walk(&c).is_err());
+    }
+
+    #[test]
+    fn keep_and_recompress_preserve_diff_id() {
+        let t = tar_of(&[("a", b"hello"), ("d/e", b"world")]);
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("l.tar");
+        std::fs::write(&plain, &t).unwrap();
+        let (kept, info) = import_tar(&plain, TarImport::Keep, 1, Vec::new()).unwrap();
+        assert_eq!(kept, t);
+        assert_eq!(info.diff_id, Digest::sha256(&t));
+        assert_eq!(info.compression, Compression::None);
+
+        let gz = Compressor::new(Compression::Gzip);
+        let (gzipped, info2) =
+            import_tar(&plain, TarImport::Recompress(gz), 2, Vec::new()).unwrap();
+        assert_eq!(info2.diff_id, info.diff_id);
+        assert_eq!(info2.compression, Compression::Gzip);
+        let gzpath = dir.path().join("l.tar.gz");
+        std::fs::write(&gzpath, &gzipped).unwrap();
+        let (kept_gz, info3) = import_tar(&gzpath, TarImport::Keep, 1, Vec::new()).unwrap();
+        assert_eq!(kept_gz, gzipped);
+        assert_eq!(info3.diff_id, info.diff_id);
+        assert_eq!(info3.compression, Compression::Gzip);
+
+        let zs = Compressor::new(Compression::Zstd);
+        let (z, info4) = import_tar(&gzpath, TarImport::Recompress(zs), 2, Vec::new()).unwrap();
+        assert_eq!(info4.diff_id, info.diff_id);
+        assert_eq!(zstd::decode_all(&z[..]).unwrap(), t);
+
+        // A truncated gzip is an error that names the file.
+        std::fs::write(&gzpath, &gzipped[..gzipped.len() - 10]).unwrap();
+        let e = import_tar(&gzpath, TarImport::Keep, 1, Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("l.tar.gz"), "{e}");
+    }
+}
