@@ -334,6 +334,9 @@ pub struct VerifyingReader<R> {
     expected_size: u64,
     what: String,
     done: bool,
+    /// The mismatch already reported; returned again by every later read so that a caller
+    /// who ignores the first error can never mistake the stream for a clean end.
+    failed: Option<String>,
 }
 
 impl<R: Read> VerifyingReader<R> {
@@ -346,7 +349,13 @@ impl<R: Read> VerifyingReader<R> {
             expected_size,
             what: what.into(),
             done: false,
+            failed: None,
         }
+    }
+
+    fn fail(&mut self, e: Error) -> io::Error {
+        self.failed = Some(e.to_string());
+        io::Error::new(io::ErrorKind::InvalidData, e)
     }
 
     fn check_end(&mut self) -> io::Result<()> {
@@ -355,26 +364,20 @@ impl<R: Read> VerifyingReader<R> {
         let n = self.inner.get_mut().read(&mut extra)?;
         let read = self.inner.bytes_read();
         if n != 0 || read != self.expected_size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                Error::SizeMismatch {
-                    what: self.what.clone(),
-                    expected: self.expected_size,
-                    actual: if n != 0 { None } else { Some(read) },
-                },
-            ));
+            return Err(self.fail(Error::SizeMismatch {
+                what: self.what.clone(),
+                expected: self.expected_size,
+                actual: if n != 0 { None } else { Some(read) },
+            }));
         }
         let hasher = std::mem::replace(&mut self.inner.hasher, Hasher::sha256());
         let actual = hasher.finish();
         if actual != self.expected {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                Error::DigestMismatch {
-                    what: self.what.clone(),
-                    expected: self.expected.clone(),
-                    actual,
-                },
-            ));
+            return Err(self.fail(Error::DigestMismatch {
+                what: self.what.clone(),
+                expected: self.expected.clone(),
+                actual,
+            }));
         }
         Ok(())
     }
@@ -382,6 +385,9 @@ impl<R: Read> VerifyingReader<R> {
 
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(msg) = &self.failed {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, msg.clone()));
+        }
         if self.done {
             return Ok(0);
         }
@@ -397,14 +403,11 @@ impl<R: Read> Read for VerifyingReader<R> {
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             self.done = true;
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                Error::SizeMismatch {
-                    what: self.what.clone(),
-                    expected: self.expected_size,
-                    actual: Some(self.inner.bytes_read()),
-                },
-            ));
+            return Err(self.fail(Error::SizeMismatch {
+                what: self.what.clone(),
+                expected: self.expected_size,
+                actual: Some(self.inner.bytes_read()),
+            }));
         }
         Ok(n)
     }
@@ -452,6 +455,17 @@ mod tests {
         for c in cases {
             assert!(Digest::parse(c).is_err(), "{c:?} should be rejected");
         }
+    }
+
+    // Regression: a second read after a mismatch used to return Ok(0), a clean EOF.
+    #[test]
+    fn verifying_reader_keeps_failing_after_a_mismatch() {
+        let d = Digest::sha256(b"hello");
+        let mut r = VerifyingReader::new(&b"hellO"[..], d, 5, "x");
+        let mut buf = [0u8; 16];
+        assert_eq!(r.read(&mut buf).unwrap(), 5);
+        assert!(r.read(&mut buf).is_err());
+        assert!(r.read(&mut buf).is_err());
     }
 
     #[test]

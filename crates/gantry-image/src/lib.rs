@@ -1,0 +1,502 @@
+//! gantry's lazy image model.
+//!
+//! An [`Image`] is a config plus a list of [`LayerRef`]s: each layer's descriptor, diff_id and
+//! the place its blob can be read from ([`BlobSource`]). Building on a base reads only the
+//! base's manifest and config; layer bytes move only when a sink (a layout, later a registry
+//! push) needs them, and bytes from outside the store are verified as they move.
+
+mod edits;
+mod error;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use gantry_layer::LayerInfo;
+use gantry_oci::media_types as mt;
+use gantry_oci::{
+    Descriptor, Digest, History, ImageConfig, ImageManifest, Platform, annotations, json,
+};
+use gantry_store::{Layout, LayoutWriter, Selector, Store};
+use serde::Serialize;
+
+pub use edits::{ConfigEdits, normalize_port, parse_env, validate_label_key};
+pub use error::Error;
+
+/// Where a layer's blob can be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobSource {
+    /// gantry's blob store (already verified when it was written).
+    Store,
+    /// An OCI layout directory (verified when read).
+    Layout(PathBuf),
+}
+
+/// A layer of an image: what the manifest and config say about it, and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRef {
+    /// The manifest's descriptor.
+    pub descriptor: Descriptor,
+    /// The uncompressed digest (`None` for artifact blobs).
+    pub diff_id: Option<Digest>,
+    /// Where the blob is.
+    pub source: BlobSource,
+}
+
+/// What an image is built on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// Nothing.
+    Scratch,
+    /// An image in an OCI layout.
+    Layout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// Which image in it.
+        selector: Selector,
+    },
+}
+
+impl Base {
+    /// Parses `scratch`, `oci:DIR[:TAG]`, `DIR[:TAG]` or `DIR@sha256:…`. As in skopeo, the
+    /// first `:` separates the directory from the tag.
+    pub fn parse(input: &str) -> Result<Self, Error> {
+        if input == "scratch" {
+            return Ok(Base::Scratch);
+        }
+        let bad = |reason: &str| Error::InvalidBase {
+            base: input.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let rest = input.strip_prefix("oci:").unwrap_or(input);
+        if rest.is_empty() {
+            return Err(bad(
+                "expected scratch, DIR[:TAG], DIR@DIGEST or oci:DIR[:TAG]",
+            ));
+        }
+        let (dir, selector) = if let Some((dir, digest)) = rest.split_once('@') {
+            let d = Digest::parse(digest).map_err(|e| bad(&e.to_string()))?;
+            (dir, Selector::Digest(d))
+        } else if let Some((dir, tag)) = rest.split_once(':') {
+            gantry_oci::validate_tag(tag).map_err(|r| bad(&r))?;
+            (dir, Selector::Tag(tag.to_owned()))
+        } else {
+            (rest, Selector::Only)
+        };
+        if dir.is_empty() {
+            return Err(bad("missing layout directory"));
+        }
+        Ok(Base::Layout {
+            dir: PathBuf::from(dir),
+            selector,
+        })
+    }
+}
+
+impl std::fmt::Display for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Base::Scratch => f.write_str("scratch"),
+            Base::Layout { dir, selector } => {
+                write!(f, "oci:{}", dir.display())?;
+                match selector {
+                    Selector::Tag(t) => write!(f, ":{t}"),
+                    Selector::Digest(d) => write!(f, "@{d}"),
+                    Selector::Only => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// An image being assembled.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The config (base's, then edited).
+    pub config: ImageConfig,
+    /// Layers, base first.
+    pub layers: Vec<LayerRef>,
+    /// Manifest annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Set for OCI artifacts: the manifest gets this `artifactType` and an empty config.
+    pub artifact_type: Option<String>,
+    base_digest: Option<Digest>,
+}
+
+impl Image {
+    /// An empty image for `platform`.
+    pub fn scratch(platform: &Platform) -> Self {
+        let mut config = ImageConfig::new(&platform.os, &platform.architecture);
+        config.variant.clone_from(&platform.variant);
+        Image {
+            config,
+            layers: Vec::new(),
+            annotations: BTreeMap::new(),
+            artifact_type: None,
+            base_digest: None,
+        }
+    }
+
+    /// Loads a base. `platform` picks from an index; when `strict`, a single-manifest base must
+    /// also be of that platform. Only the manifest and config are read.
+    pub fn from_base(base: &Base, platform: &Platform, strict: bool) -> Result<Self, Error> {
+        let (dir, selector) = match base {
+            Base::Scratch => return Ok(Image::scratch(platform)),
+            Base::Layout { dir, selector } => (dir, selector),
+        };
+        let name = base.to_string();
+        let bad = |reason: String| Error::BadBase {
+            base: name.clone(),
+            reason,
+        };
+        let layout = Layout::open(dir)?;
+        let resolved = layout.resolve(selector, platform)?;
+        let m = &resolved.manifest;
+        if !mt::is_image_config(&m.config.media_type) {
+            return Err(bad(format!(
+                "config media type {:?} is not an image config (is it an artifact?)",
+                m.config.media_type
+            )));
+        }
+        let config_bytes = layout.read_blob_verified(&m.config, json::MAX_CONFIG_SIZE)?;
+        let config = ImageConfig::parse(&config_bytes, &format!("{name}: config"))?;
+        if config.rootfs.diff_ids.len() != m.layers.len() {
+            return Err(bad(format!(
+                "its config lists {} diff_ids for {} layers",
+                config.rootfs.diff_ids.len(),
+                m.layers.len()
+            )));
+        }
+        let actual = Platform::new(&config.os, &config.architecture, config.variant.as_deref());
+        if strict && !platform.matches(&actual) {
+            return Err(bad(format!("it is {actual}, not {platform}")));
+        }
+        let mut layers = Vec::with_capacity(m.layers.len());
+        for (desc, diff_id) in m.layers.iter().zip(&config.rootfs.diff_ids) {
+            if mt::layer_compression(&desc.media_type).is_none() {
+                return Err(bad(format!(
+                    "layer {} has media type {:?}, which is not a tar layer",
+                    desc.digest, desc.media_type
+                )));
+            }
+            layers.push(LayerRef {
+                descriptor: desc.clone(),
+                diff_id: Some(diff_id.clone()),
+                source: BlobSource::Layout(dir.clone()),
+            });
+        }
+        Ok(Image {
+            config,
+            layers,
+            annotations: BTreeMap::new(),
+            artifact_type: None,
+            base_digest: Some(resolved.manifest_descriptor.digest.clone()),
+        })
+    }
+
+    /// Appends a layer and its history line. `created` (RFC 3339) fills the history time when
+    /// the layer info has none. `what` names the layer in errors.
+    pub fn push_layer(
+        &mut self,
+        info: &LayerInfo,
+        source: BlobSource,
+        created: &str,
+        what: &str,
+    ) -> Result<(), Error> {
+        let bad = |reason: String| Error::BadLayer {
+            layer: what.to_owned(),
+            reason,
+        };
+        let is_tar = mt::layer_compression(&info.media_type).is_some();
+        if self.artifact_type.is_none() {
+            if !is_tar {
+                return Err(bad(format!(
+                    "media type {:?} is not a tar layer; to package files as an OCI artifact, \
+                     set an artifact type",
+                    info.media_type
+                )));
+            }
+            let diff_id = info
+                .diff_id
+                .clone()
+                .ok_or_else(|| bad("a tar layer needs a diff_id".to_owned()))?;
+            self.config.rootfs.diff_ids.push(diff_id);
+            let mut h = info.history.clone().unwrap_or_else(|| History {
+                created_by: Some("gantry image".to_owned()),
+                ..History::default()
+            });
+            if h.created.is_none() {
+                h.created = Some(created.to_owned());
+            }
+            self.config.history.push(h);
+        }
+        self.layers.push(LayerRef {
+            descriptor: info.descriptor(),
+            diff_id: info.diff_id.clone(),
+            source,
+        });
+        Ok(())
+    }
+
+    /// The platform the config describes.
+    pub fn platform(&self) -> Platform {
+        Platform::new(
+            &self.config.os,
+            &self.config.architecture,
+            self.config.variant.as_deref(),
+        )
+    }
+
+    /// Serialises config and manifest (canonical JSON). `created` (RFC 3339) is the image's
+    /// creation time.
+    pub fn build(&self, created: &str) -> Result<Built, Error> {
+        let layers: Vec<LayerRef> = self
+            .layers
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                l.descriptor.media_type = oci_layer_media_type(&l.descriptor.media_type);
+                l
+            })
+            .collect();
+        let (config_desc, config_bytes) = if let Some(_at) = &self.artifact_type {
+            let bytes = b"{}".to_vec();
+            (Descriptor::of_bytes(mt::OCI_EMPTY, &bytes), bytes)
+        } else {
+            let mut config = self.config.clone();
+            config.created = Some(created.to_owned());
+            let bytes = json::to_canonical_vec(&config);
+            (Descriptor::of_bytes(mt::OCI_CONFIG, &bytes), bytes)
+        };
+        let mut annotations = self.annotations.clone();
+        if let Some(d) = &self.base_digest {
+            annotations.insert(annotations::BASE_DIGEST.to_owned(), d.to_string());
+        }
+        let manifest = ImageManifest {
+            schema_version: 2,
+            media_type: Some(mt::OCI_MANIFEST.to_owned()),
+            artifact_type: self.artifact_type.clone(),
+            config: config_desc.clone(),
+            layers: layers.iter().map(|l| l.descriptor.clone()).collect(),
+            subject: None,
+            annotations,
+        };
+        let manifest_bytes = json::to_canonical_vec(&manifest);
+        let mut manifest_desc = Descriptor::of_bytes(mt::OCI_MANIFEST, &manifest_bytes);
+        manifest_desc.artifact_type.clone_from(&self.artifact_type);
+        Ok(Built {
+            manifest: manifest_desc,
+            manifest_bytes,
+            config: config_desc,
+            config_bytes,
+            layers,
+            platform: self.platform(),
+        })
+    }
+}
+
+/// Docker layer media types map to their OCI equivalents (same bytes) in OCI manifests.
+fn oci_layer_media_type(m: &str) -> String {
+    match m {
+        mt::DOCKER_LAYER_GZIP => mt::OCI_LAYER_GZIP,
+        mt::DOCKER_LAYER_TAR => mt::OCI_LAYER_TAR,
+        other => other,
+    }
+    .to_owned()
+}
+
+/// A serialised image: manifest and config bytes plus the layers to copy.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The manifest's descriptor.
+    pub manifest: Descriptor,
+    /// The manifest bytes.
+    pub manifest_bytes: Vec<u8>,
+    /// The config's descriptor.
+    pub config: Descriptor,
+    /// The config bytes.
+    pub config_bytes: Vec<u8>,
+    /// The layers, with OCI media types.
+    pub layers: Vec<LayerRef>,
+    /// The image's platform.
+    pub platform: Platform,
+}
+
+impl Built {
+    /// Writes an OCI image layout at `dir` (atomically: a failure leaves any earlier layout
+    /// there intact), tagging the manifest with `tag`. Store blobs are hard-linked when
+    /// possible; blobs from other layouts are copied and verified.
+    pub fn write_layout(&self, store: &Store, dir: &Path, tag: Option<&str>) -> Result<(), Error> {
+        let mut w = LayoutWriter::new(dir)?;
+        for l in &self.layers {
+            match &l.source {
+                BlobSource::Store => w.add_blob_from_store(store, &l.descriptor.digest)?,
+                BlobSource::Layout(src) => {
+                    let path = Layout::open(src)?.blob_path(&l.descriptor.digest);
+                    w.add_blob_from_file(&path, &l.descriptor)?;
+                }
+            }
+        }
+        w.add_blob_bytes(&self.config_bytes)?;
+        w.add_blob_bytes(&self.manifest_bytes)?;
+        let mut desc = self.manifest.clone();
+        if let Some(t) = tag {
+            desc.annotations
+                .insert(annotations::REF_NAME.to_owned(), t.to_owned());
+        }
+        if self.config.media_type == mt::OCI_CONFIG {
+            desc.platform = Some(self.platform.clone());
+        }
+        w.add_manifest(desc);
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The metadata document build systems read.
+    pub fn metadata(&self, tag: Option<&str>) -> ImageMetadata {
+        ImageMetadata {
+            manifest: strip(&self.manifest),
+            config: strip(&self.config),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerSummary {
+                    media_type: l.descriptor.media_type.clone(),
+                    digest: l.descriptor.digest.clone(),
+                    size: l.descriptor.size,
+                    diff_id: l.diff_id.clone(),
+                })
+                .collect(),
+            platform: self.platform.to_string(),
+            tag: tag.map(str::to_owned),
+        }
+    }
+}
+
+fn strip(d: &Descriptor) -> Descriptor {
+    Descriptor::new(d.media_type.clone(), d.digest.clone(), d.size)
+}
+
+/// The image descriptor JSON of `gantry image --metadata`: digests of everything, no paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageMetadata {
+    /// The manifest.
+    pub manifest: Descriptor,
+    /// The config.
+    pub config: Descriptor,
+    /// The layers.
+    pub layers: Vec<LayerSummary>,
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// The tag in the layout, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// One layer in [`ImageMetadata`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerSummary {
+    /// Media type.
+    pub media_type: String,
+    /// Digest.
+    pub digest: Digest,
+    /// Size.
+    pub size: u64,
+    /// Uncompressed digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<Digest>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bases_like_skopeo() {
+        assert_eq!(Base::parse("scratch").unwrap(), Base::Scratch);
+        assert_eq!(
+            Base::parse("out/base:v1").unwrap(),
+            Base::Layout {
+                dir: "out/base".into(),
+                selector: Selector::Tag("v1".into())
+            }
+        );
+        assert_eq!(
+            Base::parse("oci:out/base").unwrap(),
+            Base::Layout {
+                dir: "out/base".into(),
+                selector: Selector::Only
+            }
+        );
+        let d = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+        assert!(matches!(
+            Base::parse(&format!("dir@{d}")).unwrap(),
+            Base::Layout {
+                selector: Selector::Digest(_),
+                ..
+            }
+        ));
+        assert!(Base::parse("dir:bad tag").is_err());
+        assert!(Base::parse("dir@sha256:nope").is_err());
+        assert!(Base::parse(":tag").is_err());
+    }
+
+    fn info(media_type: &str, diff: bool) -> LayerInfo {
+        LayerInfo {
+            media_type: media_type.to_owned(),
+            digest: Digest::sha256(b"blob"),
+            size: 4,
+            diff_id: diff.then(|| Digest::sha256(b"tar")),
+            annotations: BTreeMap::new(),
+            history: None,
+        }
+    }
+
+    #[test]
+    fn image_tracks_diff_ids_and_history() {
+        let mut img = Image::scratch(&Platform::parse("linux/arm64").unwrap());
+        img.push_layer(
+            &info(mt::OCI_LAYER_GZIP, true),
+            BlobSource::Store,
+            "T",
+            "l1",
+        )
+        .unwrap();
+        let built = img.build("1970-01-01T00:00:00Z").unwrap();
+        let cfg = ImageConfig::parse(&built.config_bytes, "c").unwrap();
+        assert_eq!(cfg.rootfs.diff_ids, [Digest::sha256(b"tar")]);
+        assert_eq!(cfg.history[0].created.as_deref(), Some("T"));
+        assert_eq!(cfg.architecture, "arm64");
+        assert_eq!(cfg.created.as_deref(), Some("1970-01-01T00:00:00Z"));
+        let m =
+            gantry_oci::parse_manifest(&built.manifest_bytes, Some(mt::OCI_MANIFEST), "m").unwrap();
+        assert_eq!(m.layers.len(), 1);
+        assert_eq!(built.manifest.digest, Digest::sha256(&built.manifest_bytes));
+    }
+
+    #[test]
+    fn artifact_blobs_need_an_artifact_type() {
+        let mut img = Image::scratch(&Platform::host());
+        let e = img
+            .push_layer(
+                &info("application/json", false),
+                BlobSource::Store,
+                "T",
+                "sbom",
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("sbom"));
+        img.artifact_type = Some("application/vnd.example+type".into());
+        img.push_layer(
+            &info("application/json", false),
+            BlobSource::Store,
+            "T",
+            "sbom",
+        )
+        .unwrap();
+        let b = img.build("T").unwrap();
+        assert_eq!(b.config.media_type, mt::OCI_EMPTY);
+        assert_eq!(b.config_bytes, b"{}");
+    }
+}

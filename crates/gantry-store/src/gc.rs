@@ -1,0 +1,361 @@
+//! Garbage collection: removing blobs that no ref (or extra root) reaches.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
+
+use gantry_oci::json::MAX_MANIFEST_SIZE;
+use gantry_oci::{Descriptor, Digest, Document, media_types as mt, parse_document};
+
+use crate::fsutil::{fsync_dir, is_real_dir, list_dir};
+use crate::session::remove_leftovers;
+use crate::{Error, RefEntry, Result, Store};
+
+/// What [`Store::gc`] should do.
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Report what would be removed without removing anything.
+    pub dry_run: bool,
+    /// Roots to keep besides the refs (for example, images a running command still uses).
+    pub extra_roots: Vec<Descriptor>,
+}
+
+/// What [`Store::gc`] did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs removed.
+    pub removed_blobs: u64,
+    /// Bytes in the removed blobs.
+    pub removed_bytes: u64,
+    /// Blobs kept.
+    pub kept_blobs: u64,
+    /// Bytes in the kept blobs.
+    pub kept_bytes: u64,
+    /// Indirect refs dropped because their path no longer exists.
+    pub dropped_refs: Vec<RefEntry>,
+    /// Leftover entries removed from `tmp/`.
+    pub removed_temp: u64,
+}
+
+/// A problem met while walking the blobs reachable from some roots.
+#[derive(Debug)]
+pub(crate) enum WalkIssue {
+    /// The blob is not in the store.
+    Missing,
+    /// The blob is a manifest or index that cannot be read or parsed.
+    Unreadable(Error),
+}
+
+impl Store {
+    /// Removes every blob not reachable from a ref or from `options.extra_roots`.
+    ///
+    /// Trades this store's shared `gc.lock` for an exclusive one first, so it waits until every
+    /// other open [`Store`] (in this or another process) is dropped, and stores opened meanwhile
+    /// wait for it. Taking `&mut self` keeps this store's own writers from running concurrently.
+    /// A ref file that cannot be read, or a manifest or index that is present but unreadable,
+    /// stops the collection before anything is removed (the roots or children cannot be known);
+    /// `fsck` reports both.
+    pub fn gc(&mut self, options: &GcOptions) -> Result<GcReport> {
+        self.lock_gc_exclusive()?;
+        let result = self.collect(options);
+        let relocked = self.lock_gc_shared();
+        let report = result?;
+        relocked?;
+        Ok(report)
+    }
+
+    /// The collection proper. Call with `gc.lock` held exclusively.
+    fn collect(&self, options: &GcOptions) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let (live_roots, stale) = self.read_roots(options.dry_run)?;
+        report.dropped_refs = stale;
+        let mut roots = options.extra_roots.clone();
+        roots.extend(live_roots);
+
+        let reachable = self.walk(&roots, |_, issue| match issue {
+            WalkIssue::Missing => Ok(()),
+            WalkIssue::Unreadable(e) => Err(e),
+        })?;
+        self.sweep(&reachable, options.dry_run, &mut report)?;
+
+        if !options.dry_run {
+            let _lock = self.lock_tmp()?;
+            report.removed_temp = remove_leftovers(&self.tmp_dir(), self.session_dir())?;
+        }
+        Ok(report)
+    }
+
+    /// Reads every ref under `refs.lock`. Returns the descriptors of the live ones and the
+    /// indirect refs whose path is gone, which are removed unless `dry_run`. Nothing is removed
+    /// if any ref file is unreadable.
+    fn read_roots(&self, dry_run: bool) -> Result<(Vec<Descriptor>, Vec<RefEntry>)> {
+        let _lock = self.lock_refs()?;
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for (path, entry) in self.ref_files()? {
+            let entry = entry?;
+            if entry.is_stale() {
+                stale.push((path, entry));
+            } else {
+                live.push(entry.descriptor);
+            }
+        }
+        let mut dropped = Vec::new();
+        for (path, entry) in stale {
+            tracing::debug!(kind = entry.kind, name = entry.name, "dropping stale ref");
+            if !dry_run {
+                self.remove_ref_file(&path)?;
+            }
+            dropped.push(entry);
+        }
+        Ok((live, dropped))
+    }
+
+    /// Removes (unless `dry_run`) the blobs not in `reachable`, counting both sides. Files
+    /// under `blobs/` that are not named like blobs are left for `fsck`.
+    fn sweep(
+        &self,
+        reachable: &HashSet<Digest>,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        for alg_dir in list_dir(&self.blobs_dir())? {
+            if !is_real_dir(&alg_dir) {
+                continue;
+            }
+            let mut removed_any = false;
+            for path in list_dir(&alg_dir)? {
+                let Some(digest) = digest_of_path(&path) else {
+                    continue;
+                };
+                let meta = fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+                if reachable.contains(&digest) {
+                    report.kept_blobs += 1;
+                    report.kept_bytes += meta.len();
+                    continue;
+                }
+                tracing::debug!(%digest, "removing unreachable blob");
+                if !dry_run {
+                    fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                    removed_any = true;
+                }
+                report.removed_blobs += 1;
+                report.removed_bytes += meta.len();
+            }
+            if removed_any {
+                fsync_dir(&alg_dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every digest reachable from `roots`: a manifest leads to its config, layers and subject,
+    /// an index to its manifests and subject. Blobs that are missing, and manifests or indexes
+    /// that cannot be read, are handed to `on_issue`, which may stop the walk with an error.
+    pub(crate) fn walk(
+        &self,
+        roots: &[Descriptor],
+        mut on_issue: impl FnMut(&Descriptor, WalkIssue) -> Result<()>,
+    ) -> Result<HashSet<Digest>> {
+        let mut seen = HashSet::new();
+        let mut pending = roots.to_vec();
+        while let Some(desc) = pending.pop() {
+            if !seen.insert(desc.digest.clone()) {
+                continue;
+            }
+            if !self.has(&desc.digest) {
+                on_issue(&desc, WalkIssue::Missing)?;
+                continue;
+            }
+            if !(mt::is_manifest(&desc.media_type) || mt::is_index(&desc.media_type)) {
+                continue;
+            }
+            match self.read_document(&desc) {
+                Ok(document) => pending.extend(children(document)),
+                Err(e) => on_issue(&desc, WalkIssue::Unreadable(e))?,
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Reads and parses a stored manifest or index.
+    fn read_document(&self, desc: &Descriptor) -> Result<Document> {
+        let bytes = self.read_blob(&desc.digest, MAX_MANIFEST_SIZE)?;
+        let what = format!(
+            "{} {}",
+            desc.media_type,
+            self.blob_path(&desc.digest).display()
+        );
+        Ok(parse_document(&bytes, Some(&desc.media_type), &what)?)
+    }
+}
+
+/// The descriptors a document refers to.
+fn children(document: Document) -> Vec<Descriptor> {
+    match document {
+        Document::Manifest(m) => {
+            let mut children = vec![m.config];
+            children.extend(m.layers);
+            children.extend(m.subject);
+            children
+        }
+        Document::Index(i) => {
+            let mut children = i.manifests;
+            children.extend(i.subject);
+            children
+        }
+    }
+}
+
+/// The digest a path `…/<alg>/<hex>` names, if it names one.
+pub(crate) fn digest_of_path(path: &Path) -> Option<Digest> {
+    let hex = path.file_name()?.to_str()?;
+    let alg = path.parent()?.file_name()?.to_str()?;
+    Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{blob_files, open_store, put_image};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn keeps_what_refs_reach_and_removes_the_rest() {
+        let (_dir, mut store) = open_store();
+        let kept = put_image(&store, &[b"layer one", b"layer two"]);
+        let dropped = put_image(&store, &[b"other layer"]);
+        let loose = store.put_bytes(b"loose").unwrap();
+        store.set_ref("tag", "app", &kept.manifest, None).unwrap();
+
+        let report = store.gc(&GcOptions::default()).unwrap();
+        for d in kept.all() {
+            assert!(store.has(&d), "{d} kept");
+        }
+        for d in dropped.all().into_iter().chain([loose]) {
+            assert!(!store.has(&d), "{d} removed");
+        }
+        assert_eq!(report.kept_blobs, 4);
+        assert_eq!(report.removed_blobs, 4);
+        assert_eq!(blob_files(&store).len(), 4);
+        assert!(report.dropped_refs.is_empty());
+    }
+
+    #[test]
+    fn index_children_and_extra_roots_are_kept() {
+        let (_dir, mut store) = open_store();
+        let image = put_image(&store, &[b"layer"]);
+        let mut index = gantry_oci::ImageIndex::new();
+        index.manifests.push(image.manifest.clone());
+        let bytes = gantry_oci::json::to_canonical_vec(&index);
+        store.put_bytes(&bytes).unwrap();
+        let index_desc = Descriptor::of_bytes(mt::OCI_INDEX, &bytes);
+        let extra = put_image(&store, &[b"extra"]);
+        store.set_ref("tag", "multi", &index_desc, None).unwrap();
+
+        let options = GcOptions {
+            dry_run: false,
+            extra_roots: vec![extra.manifest.clone()],
+        };
+        let report = store.gc(&options).unwrap();
+        assert_eq!(report.removed_blobs, 0);
+        assert!(image.all().iter().chain(&extra.all()).all(|d| store.has(d)));
+    }
+
+    #[test]
+    fn stale_indirect_refs_are_dropped_and_collected() {
+        let (dir, mut store) = open_store();
+        let image = put_image(&store, &[b"layer"]);
+        let out = dir.path().join("output-layout");
+        fs::create_dir(&out).unwrap();
+        store
+            .set_ref("output", "out", &image.manifest, Some(&out))
+            .unwrap();
+
+        let report = store.gc(&GcOptions::default()).unwrap();
+        assert_eq!(report.removed_blobs, 0, "the path exists, so the ref holds");
+
+        fs::remove_dir(&out).unwrap();
+        let report = store.gc(&GcOptions::default()).unwrap();
+        assert_eq!(report.dropped_refs.len(), 1);
+        assert_eq!(report.dropped_refs[0].name, "out");
+        assert_eq!(report.removed_blobs, 3);
+        assert!(store.refs().unwrap().is_empty());
+        assert!(blob_files(&store).is_empty());
+    }
+
+    #[test]
+    fn dry_run_removes_nothing() {
+        let (dir, mut store) = open_store();
+        let image = put_image(&store, &[b"layer"]);
+        store
+            .set_ref(
+                "output",
+                "gone",
+                &image.manifest,
+                Some(&dir.path().join("nope")),
+            )
+            .unwrap();
+        let junk = dir.path().join("tmp/junk");
+        fs::write(&junk, b"x").unwrap();
+
+        let report = store
+            .gc(&GcOptions {
+                dry_run: true,
+                extra_roots: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(report.removed_blobs, 3);
+        assert_eq!(report.dropped_refs.len(), 1);
+        assert!(image.all().iter().all(|d| store.has(d)));
+        assert_eq!(store.refs().unwrap().len(), 1);
+        assert!(junk.exists());
+
+        let report = store.gc(&GcOptions::default()).unwrap();
+        assert_eq!(report.removed_blobs, 3);
+        assert_eq!(report.removed_temp, 1);
+        assert!(!junk.exists());
+    }
+
+    #[test]
+    fn a_corrupt_manifest_stops_gc() {
+        let (_dir, mut store) = open_store();
+        let image = put_image(&store, &[b"layer"]);
+        store.set_ref("tag", "app", &image.manifest, None).unwrap();
+        crate::test_support::corrupt_blob(&store, &image.manifest.digest);
+        let err = store.gc(&GcOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::CorruptBlob { .. }), "{err}");
+        assert!(image.all().iter().all(|d| store.has(d)), "nothing removed");
+    }
+
+    #[test]
+    fn gc_waits_for_other_stores() {
+        let (dir, mut store) = open_store();
+        let other = Store::open(dir.path()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let gc_thread = std::thread::spawn(move || {
+            let report = store.gc(&GcOptions::default());
+            tx.send(report.is_ok()).unwrap();
+            store
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(500)).is_err(),
+            "gc must wait while another store is open"
+        );
+        drop(other);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(true));
+        let store = gc_thread.join().unwrap();
+        // The shared lock is back, so a new store opens without waiting.
+        let _again = Store::open(store.root()).unwrap();
+    }
+
+    #[test]
+    fn digest_of_path_accepts_only_blob_names() {
+        let d = Digest::sha256(b"x");
+        let path = Path::new("/s/blobs/sha256").join(d.hex());
+        assert_eq!(digest_of_path(&path), Some(d));
+        assert_eq!(digest_of_path(Path::new("/s/blobs/sha256/ABC")), None);
+        assert_eq!(digest_of_path(Path::new("/s/blobs/md5/abc")), None);
+    }
+}

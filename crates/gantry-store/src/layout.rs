@@ -1,0 +1,563 @@
+//! OCI image layout directories: reading with verification and platform resolution, and
+//! writing atomically.
+//!
+//! Reading trusts nothing: `oci-layout` and `index.json` are size-capped and parsed strictly,
+//! and every blob is checked against its descriptor's size and digest as it is read. Blob files
+//! may be symlinks (Bazel's rules_oci makes them); they are followed, and the digest check keeps
+//! that safe.
+//!
+//! Writing builds the whole layout in a temp directory next to the destination and moves it
+//! into place at the end, so a failed build leaves the previous output intact and no half
+//! output behind.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use gantry_oci::annotations::REF_NAME;
+use gantry_oci::json::{self, MAX_MANIFEST_SIZE};
+use gantry_oci::media_types::OCI_LAYOUT_VERSION;
+use gantry_oci::{
+    Descriptor, Digest, Document, ImageIndex, ImageManifest, Platform, VerifyingReader,
+    parse_document, parse_index,
+};
+use serde::{Deserialize, Serialize};
+use tempfile::TempDir;
+
+use crate::fsutil::{exchange, fsync_dir, read_capped, rename_noreplace, write_new_file};
+use crate::{Error, Result, Store};
+
+/// How many indexes may be nested inside each other before resolution gives up.
+pub const MAX_INDEX_DEPTH: usize = 8;
+
+const OCI_LAYOUT_FILE: &str = "oci-layout";
+const INDEX_FILE: &str = "index.json";
+/// Cap on the `oci-layout` file.
+const MAX_OCI_LAYOUT_FILE: u64 = 64 << 10;
+/// The annotation containerd (and `docker save` with the containerd store) puts on entries.
+const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
+/// Mode of blob files we write: content-addressed, never modified in place.
+const BLOB_MODE: u32 = 0o444;
+/// Mode of `oci-layout` and `index.json`.
+const METADATA_MODE: u32 = 0o644;
+
+/// The content of the `oci-layout` file.
+#[derive(Serialize, Deserialize)]
+struct LayoutVersion {
+    #[serde(rename = "imageLayoutVersion")]
+    image_layout_version: String,
+}
+
+/// Which image of a layout to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The entry whose `org.opencontainers.image.ref.name` is this tag (or whose
+    /// `io.containerd.image.name` ends with `:tag`).
+    Tag(String),
+    /// The manifest or index with this digest: an entry of `index.json`, or any manifest or
+    /// index blob of the layout.
+    Digest(Digest),
+    /// The only entry of `index.json`; an error if there are several.
+    Only,
+}
+
+/// The image manifest a selector and platform lead to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The descriptor that pointed to the manifest (from `index.json` or an index).
+    pub manifest_descriptor: Descriptor,
+    /// The parsed manifest.
+    pub manifest: ImageManifest,
+    /// The manifest's bytes, verified against the descriptor.
+    pub manifest_bytes: Vec<u8>,
+}
+
+/// An OCI image layout opened for reading.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    dir: PathBuf,
+    index: ImageIndex,
+}
+
+impl Layout {
+    /// Opens the layout at `dir`: checks `oci-layout` and reads `index.json`.
+    pub fn open(dir: &Path) -> Result<Layout> {
+        let not_a_layout = |reason: &str| Error::NotALayout {
+            path: dir.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if !dir.is_dir() {
+            return Err(not_a_layout("it is not a directory"));
+        }
+        let version_path = dir.join(OCI_LAYOUT_FILE);
+        if !version_path.is_file() {
+            return Err(not_a_layout("it has no oci-layout file"));
+        }
+        let bytes = read_capped(&version_path, MAX_OCI_LAYOUT_FILE)?;
+        let what = version_path.display().to_string();
+        let version: LayoutVersion = json::parse_strict(&bytes, &what, MAX_OCI_LAYOUT_FILE)?;
+        if version.image_layout_version != OCI_LAYOUT_VERSION {
+            return Err(not_a_layout(&format!(
+                "unsupported imageLayoutVersion {:?} (gantry reads {OCI_LAYOUT_VERSION})",
+                version.image_layout_version
+            )));
+        }
+        let index_path = dir.join(INDEX_FILE);
+        let bytes = read_capped(&index_path, MAX_MANIFEST_SIZE)?;
+        let index = parse_index(&bytes, None, &index_path.display().to_string())?;
+        Ok(Layout {
+            dir: dir.to_owned(),
+            index,
+        })
+    }
+
+    /// The layout directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The parsed `index.json`.
+    pub fn index(&self) -> &ImageIndex {
+        &self.index
+    }
+
+    /// The tags of the entries of `index.json`, in order, without repeats: each entry's
+    /// `org.opencontainers.image.ref.name`, or for entries without one, the tag part of its
+    /// `io.containerd.image.name`.
+    pub fn tags(&self) -> Vec<String> {
+        let mut tags: Vec<String> = Vec::new();
+        for entry in &self.index.manifests {
+            if let Some(tag) = entry_tag(entry)
+                && !tags.iter().any(|t| t == tag)
+            {
+                tags.push(tag.to_owned());
+            }
+        }
+        tags
+    }
+
+    /// The path of a blob in the layout.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.blob_path())
+    }
+
+    /// Opens a blob for streaming. The reader fails with an `InvalidData` error (wrapping a
+    /// `gantry_oci::Error` that names the layout and digest) if the blob's size or digest
+    /// differs from `desc` when its end is reached.
+    pub fn open_blob_verified(&self, desc: &Descriptor) -> Result<VerifyingReader<File>> {
+        let what = self.blob_what(&desc.digest);
+        desc.validate(&what)?;
+        let path = self.blob_path(&desc.digest);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::LayoutBlobNotFound {
+                layout: self.dir.clone(),
+                digest: desc.digest.clone(),
+                path: path.clone(),
+            },
+            _ => Error::io("open", &path, e),
+        })?;
+        Ok(VerifyingReader::new(
+            file,
+            desc.digest.clone(),
+            desc.size,
+            what,
+        ))
+    }
+
+    /// Reads a whole blob of at most `limit` bytes, verified against `desc`.
+    pub fn read_blob_verified(&self, desc: &Descriptor, limit: u64) -> Result<Vec<u8>> {
+        if desc.size > limit {
+            return Err(Error::TooLarge {
+                path: self.blob_path(&desc.digest),
+                limit,
+            });
+        }
+        let mut reader = self.open_blob_verified(desc)?;
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::copy(self.blob_what(&desc.digest), e))?;
+        Ok(bytes)
+    }
+
+    /// Finds the image manifest that `selector` names, descending through indexes to the entry
+    /// for `platform`.
+    pub fn resolve(&self, selector: &Selector, platform: &Platform) -> Result<Resolved> {
+        let what = format!("layout {}", self.dir.display());
+        let candidates = self.select(selector)?;
+        let start = match candidates.as_slice() {
+            [only] => only.clone(),
+            several => choose_platform(several, platform, &what)?,
+        };
+        resolve_from(start, platform, &what, |desc| {
+            self.read_blob_verified(desc, MAX_MANIFEST_SIZE)
+        })
+    }
+
+    /// The entries `selector` names: one, or several sharing a tag (one per platform).
+    fn select(&self, selector: &Selector) -> Result<Vec<Descriptor>> {
+        let entries = &self.index.manifests;
+        match selector {
+            Selector::Tag(tag) => {
+                let found: Vec<Descriptor> = entries
+                    .iter()
+                    .filter(|e| has_tag(e, tag))
+                    .cloned()
+                    .collect();
+                if found.is_empty() {
+                    return Err(Error::TagNotFound {
+                        layout: self.dir.clone(),
+                        tag: tag.clone(),
+                        tags: self.tags(),
+                    });
+                }
+                Ok(found)
+            }
+            Selector::Digest(digest) => match entries.iter().find(|e| e.digest == *digest) {
+                Some(entry) => Ok(vec![entry.clone()]),
+                None => Ok(vec![self.descriptor_of_blob(digest)?]),
+            },
+            Selector::Only => match entries.as_slice() {
+                [only] => Ok(vec![only.clone()]),
+                [] => Err(Error::EmptyLayout {
+                    layout: self.dir.clone(),
+                }),
+                several => Err(Error::AmbiguousLayout {
+                    layout: self.dir.clone(),
+                    count: several.len(),
+                    tags: self.tags(),
+                }),
+            },
+        }
+    }
+
+    /// A descriptor for a manifest or index blob that `index.json` does not list (such as one
+    /// platform's manifest inside an index): its media type comes from the document itself.
+    fn descriptor_of_blob(&self, digest: &Digest) -> Result<Descriptor> {
+        let path = self.blob_path(digest);
+        if !path.exists() {
+            return Err(Error::LayoutBlobNotFound {
+                layout: self.dir.clone(),
+                digest: digest.clone(),
+                path,
+            });
+        }
+        let bytes = read_capped(&path, MAX_MANIFEST_SIZE)?;
+        let what = self.blob_what(digest);
+        let actual = Digest::compute(digest.algorithm(), &bytes);
+        if actual != *digest {
+            return Err(Error::DigestMismatch {
+                what,
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let document = parse_document(&bytes, None, &what)?;
+        Ok(Descriptor::new(
+            document.media_type(),
+            digest.clone(),
+            bytes.len() as u64,
+        ))
+    }
+
+    /// How a blob of this layout is named in errors.
+    fn blob_what(&self, digest: &Digest) -> String {
+        format!("blob {digest} in layout {}", self.dir.display())
+    }
+}
+
+/// Follows `start` through indexes to an image manifest. `load` returns a blob's verified
+/// bytes. Stops at cycles and at more than [`MAX_INDEX_DEPTH`] nested indexes.
+fn resolve_from(
+    start: Descriptor,
+    platform: &Platform,
+    what: &str,
+    mut load: impl FnMut(&Descriptor) -> Result<Vec<u8>>,
+) -> Result<Resolved> {
+    let mut seen = HashSet::new();
+    let mut current = start;
+    for _ in 0..=MAX_INDEX_DEPTH {
+        if !seen.insert(current.digest.clone()) {
+            return Err(Error::IndexCycle {
+                what: what.to_owned(),
+                digest: current.digest,
+            });
+        }
+        let bytes = load(&current)?;
+        let doc_what = format!("{} in {what}", current.digest);
+        match parse_document(&bytes, Some(&current.media_type), &doc_what)? {
+            Document::Manifest(manifest) => {
+                return Ok(Resolved {
+                    manifest_descriptor: current,
+                    manifest,
+                    manifest_bytes: bytes,
+                });
+            }
+            Document::Index(index) => {
+                current = choose_platform(&index.manifests, platform, &doc_what)?;
+            }
+        }
+    }
+    Err(Error::IndexTooDeep {
+        what: what.to_owned(),
+        limit: MAX_INDEX_DEPTH,
+    })
+}
+
+/// The first entry whose platform matches `platform`. An index with a single entry that has
+/// no platform at all is a wrapper, and that entry is taken.
+fn choose_platform(entries: &[Descriptor], platform: &Platform, what: &str) -> Result<Descriptor> {
+    let matching = entries
+        .iter()
+        .find(|e| e.platform.as_ref().is_some_and(|p| platform.matches(p)));
+    if let Some(entry) = matching {
+        return Ok(entry.clone());
+    }
+    if let [only] = entries
+        && only.platform.is_none()
+    {
+        return Ok(only.clone());
+    }
+    Err(Error::NoMatchingPlatform {
+        what: what.to_owned(),
+        wanted: platform.to_string(),
+        available: entries
+            .iter()
+            .filter_map(|e| e.platform.as_ref().map(Platform::to_string))
+            .collect(),
+    })
+}
+
+/// The tag of an `index.json` entry (see [`Layout::tags`]).
+fn entry_tag(entry: &Descriptor) -> Option<&str> {
+    if let Some(name) = entry.annotations.get(REF_NAME) {
+        return Some(name);
+    }
+    let full = entry.annotations.get(CONTAINERD_IMAGE_NAME)?;
+    let (_, tag) = full.rsplit_once(':')?;
+    (!tag.contains('/')).then_some(tag)
+}
+
+/// Whether an `index.json` entry carries `tag`.
+fn has_tag(entry: &Descriptor, tag: &str) -> bool {
+    let ref_name = entry.annotations.get(REF_NAME);
+    let containerd = entry.annotations.get(CONTAINERD_IMAGE_NAME);
+    ref_name.is_some_and(|n| n == tag)
+        || containerd.is_some_and(|n| n.strip_suffix(tag).is_some_and(|r| r.ends_with(':')))
+}
+
+/// Writes an OCI image layout into a temp directory next to its destination, then moves it
+/// into place with [`LayoutWriter::commit`]. Dropping it without committing removes the temp
+/// directory and leaves the destination untouched.
+#[derive(Debug)]
+pub struct LayoutWriter {
+    final_dir: PathBuf,
+    temp: TempDir,
+    blobs: HashSet<Digest>,
+    manifests: Vec<Descriptor>,
+}
+
+impl LayoutWriter {
+    /// Starts a layout that [`LayoutWriter::commit`] will put at `final_dir`. The temp
+    /// directory is `.{basename}.gantry-tmp-<random>` in the same parent, so the final move is
+    /// a rename on one filesystem.
+    pub fn new(final_dir: &Path) -> Result<LayoutWriter> {
+        let final_dir =
+            std::path::absolute(final_dir).map_err(|e| Error::io("resolve", final_dir, e))?;
+        let invalid = |reason| Error::InvalidOutputPath {
+            path: final_dir.clone(),
+            reason,
+        };
+        let name = final_dir
+            .file_name()
+            .ok_or_else(|| invalid("it does not end in a directory name"))?;
+        let parent = final_dir
+            .parent()
+            .ok_or_else(|| invalid("it has no parent directory"))?;
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(name);
+        prefix.push(".gantry-tmp-");
+        let temp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempdir_in(parent)
+            .map_err(|e| Error::io("create a temp directory in", parent, e))?;
+        fs::set_permissions(temp.path(), Permissions::from_mode(0o755))
+            .map_err(|e| Error::io("chmod", temp.path(), e))?;
+        let version = LayoutVersion {
+            image_layout_version: OCI_LAYOUT_VERSION.to_owned(),
+        };
+        let version_path = temp.path().join(OCI_LAYOUT_FILE);
+        write_new_file(
+            &version_path,
+            &json::to_canonical_vec(&version),
+            METADATA_MODE,
+        )?;
+        Ok(LayoutWriter {
+            final_dir,
+            temp,
+            blobs: HashSet::new(),
+            manifests: Vec::new(),
+        })
+    }
+
+    /// Adds a blob from memory (sha256). Returns its digest.
+    pub fn add_blob_bytes(&mut self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::sha256(bytes);
+        if !self.blobs.contains(&digest) {
+            let path = self.prepare_blob_path(&digest)?;
+            write_new_file(&path, bytes, BLOB_MODE)?;
+            self.blobs.insert(digest.clone());
+        }
+        Ok(digest)
+    }
+
+    /// Adds a blob from the store: a hard link when possible, else a verified copy.
+    pub fn add_blob_from_store(&mut self, store: &Store, digest: &Digest) -> Result<()> {
+        if !self.blobs.contains(digest) {
+            let path = self.prepare_blob_path(digest)?;
+            store.link_or_copy_out(digest, &path)?;
+            self.blobs.insert(digest.clone());
+        }
+        Ok(())
+    }
+
+    /// Adds a blob by copying the file at `path`, verified against `desc`.
+    pub fn add_blob_from_file(&mut self, path: &Path, desc: &Descriptor) -> Result<()> {
+        if self.blobs.contains(&desc.digest) {
+            return Ok(());
+        }
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        self.copy_blob(file, desc, &path.display().to_string())
+    }
+
+    /// Adds a blob by copying `reader`, verified against `desc` (at most `size + 1` bytes are
+    /// read).
+    pub fn add_blob_from_reader(&mut self, reader: impl Read, desc: &Descriptor) -> Result<()> {
+        if self.blobs.contains(&desc.digest) {
+            return Ok(());
+        }
+        self.copy_blob(reader, desc, &format!("blob {}", desc.digest))
+    }
+
+    /// Adds an entry to `index.json`. The caller sets its annotations (such as the
+    /// `org.opencontainers.image.ref.name` tag).
+    pub fn add_manifest(&mut self, desc: Descriptor) {
+        self.manifests.push(desc);
+    }
+
+    /// Writes `index.json`, fsyncs, and moves the layout into place. An existing destination
+    /// is replaced only if it is an OCI layout (it has an `oci-layout` file) or an empty
+    /// directory; the swap is atomic and the old tree is deleted afterwards.
+    pub fn commit(self) -> Result<()> {
+        let mut index = ImageIndex::new();
+        index.manifests = self.manifests.clone();
+        let index_path = self.temp.path().join(INDEX_FILE);
+        write_new_file(&index_path, &json::to_canonical_vec(&index), METADATA_MODE)?;
+        self.fsync_dirs()?;
+        self.move_into_place()
+    }
+
+    /// Copies a verified stream into the layout; a failed copy leaves no file.
+    fn copy_blob(&mut self, reader: impl Read, desc: &Descriptor, source: &str) -> Result<()> {
+        desc.validate(source)?;
+        let path = self.prepare_blob_path(&desc.digest)?;
+        let mut verified = VerifyingReader::new(reader, desc.digest.clone(), desc.size, source);
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(BLOB_MODE)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        let copied = io::copy(&mut verified, &mut out).and_then(|_| out.sync_all());
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&path);
+            return Err(Error::copy(format!("{source} to {}", path.display()), e));
+        }
+        self.blobs.insert(desc.digest.clone());
+        Ok(())
+    }
+
+    /// Creates `blobs/<alg>` in the temp directory if needed and returns the blob's path.
+    fn prepare_blob_path(&self, digest: &Digest) -> Result<PathBuf> {
+        let path = self.temp.path().join(digest.blob_path());
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        }
+        Ok(path)
+    }
+
+    /// Fsyncs the directories of the temp layout (files were fsynced as they were written).
+    fn fsync_dirs(&self) -> Result<()> {
+        let blobs = self.temp.path().join("blobs");
+        if blobs.is_dir() {
+            for entry in fs::read_dir(&blobs).map_err(|e| Error::io("list", &blobs, e))? {
+                let entry = entry.map_err(|e| Error::io("list", &blobs, e))?;
+                fsync_dir(&entry.path())?;
+            }
+            fsync_dir(&blobs)?;
+        }
+        fsync_dir(self.temp.path())
+    }
+
+    /// Moves the finished temp directory to the destination (see [`LayoutWriter::commit`]).
+    fn move_into_place(self) -> Result<()> {
+        let LayoutWriter {
+            final_dir, temp, ..
+        } = self;
+        match fs::symlink_metadata(&final_dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                rename_noreplace(temp.path(), &final_dir)
+                    .map_err(|e| Error::io("move the new layout to", &final_dir, e))?;
+                let _ = temp.keep();
+            }
+            Err(e) => return Err(Error::io("stat", &final_dir, e)),
+            Ok(meta) if meta.is_dir() && may_replace(&final_dir)? => {
+                swap(temp.path(), &final_dir)?;
+                // The temp path now holds the old layout.
+                let old = temp.keep();
+                fs::remove_dir_all(&old)
+                    .map_err(|e| Error::io("remove the replaced layout at", &old, e))?;
+            }
+            Ok(_) => return Err(Error::RefuseToReplace { path: final_dir }),
+        }
+        match final_dir.parent() {
+            Some(parent) => fsync_dir(parent),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether an existing directory may be replaced: it is an OCI layout or empty.
+fn may_replace(dir: &Path) -> Result<bool> {
+    let is_layout = fs::symlink_metadata(dir.join(OCI_LAYOUT_FILE)).is_ok_and(|m| m.is_file());
+    if is_layout {
+        return Ok(true);
+    }
+    let mut entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    Ok(entries.next().is_none())
+}
+
+/// Atomically exchanges the directories `new` and `old`. Where the filesystem cannot exchange,
+/// falls back to three renames (`old` aside, `new` into place, the aside copy to `new`'s path):
+/// the same end state, but for a moment nothing is at `old`.
+fn swap(new: &Path, old: &Path) -> Result<()> {
+    match exchange(new, old) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+        Err(e) => return Err(Error::io("swap the new layout with", old, e)),
+    }
+    let mut aside = new.as_os_str().to_owned();
+    aside.push("-old");
+    let aside = PathBuf::from(aside);
+    fs::rename(old, &aside).map_err(|e| Error::io("move aside", old, e))?;
+    if let Err(e) = fs::rename(new, old) {
+        let _ = fs::rename(&aside, old);
+        return Err(Error::io("move the new layout to", old, e));
+    }
+    fs::rename(&aside, new).map_err(|e| Error::io("move", &aside, e))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+//! gantry's local storage, built to survive crashes and concurrent processes.
+//!
+//! - [`Store`]: the content-addressed blob store under `$GANTRY_HOME` (`blobs/<alg>/<hex>`).
+//!   Blobs are written to a temp file while hashed, checked, fsynced, made read-only, renamed
+//!   into place without replacing, and the directory is fsynced ([`BlobWriter`]).
+//! - Sessions: every open [`Store`] owns a locked `tmp/s-*` directory for its temp files; the
+//!   leftovers of dead processes are removed by the next [`Store::open`].
+//! - Refs ([`RefEntry`]): named GC roots, optionally tied to a path that must keep existing.
+//! - [`Store::gc`] and [`Store::fsck`]: collection of unreachable blobs and integrity checks.
+//! - [`Layout`] and [`LayoutWriter`]: reading (with verification and platform resolution) and
+//!   atomically writing OCI image layout directories.
+//!
+//! Locking: every open store holds `locks/gc.lock` shared for its lifetime and GC takes it
+//! exclusively, so GC never runs while another process may rely on a blob it has not yet rooted.
+//! `locks/refs.lock` serialises ref updates and `locks/tmp.lock` serialises session creation
+//! with the cleanup of dead sessions. All locks are `flock`s via std's `File::lock`, released by
+//! the kernel when a process dies.
+//!
+//! The library never prints; it logs at debug level through `tracing`.
+
+mod error;
+mod fsck;
+mod fsutil;
+mod gc;
+mod layout;
+mod refs;
+mod session;
+mod store;
+#[cfg(test)]
+mod test_support;
+
+pub use error::{Error, Result};
+pub use fsck::{Finding, FsckOptions, FsckReport, Problem};
+pub use gc::{GcOptions, GcReport};
+pub use layout::{Layout, LayoutWriter, MAX_INDEX_DEPTH, Resolved, Selector};
+pub use refs::RefEntry;
+pub use store::{BlobWriter, LinkKind, Store};

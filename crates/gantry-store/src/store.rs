@@ -1,0 +1,701 @@
+//! The content-addressed blob store.
+//!
+//! Layout under the root (every directory mode 0700):
+//!
+//! ```text
+//! blobs/<alg>/<hex>   blobs, mode 0444, named by their digest
+//! tmp/s-<random>/     one directory per open Store, holding its locked `lock` file and temp files
+//! refs-v1/<kind>/     named GC roots (see `refs.rs`)
+//! locks/              gc.lock, refs.lock, tmp.lock
+//! ```
+//!
+//! Other top-level directories (later versioned buckets such as `cache-v1/`) are left alone.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use gantry_oci::{Algorithm, Digest, HashingReader, HashingWriter};
+use tempfile::TempPath;
+
+use crate::fsutil::{
+    ensure_private_dir, fsync_dir, link_unsupported, lock_exclusive, open_lock_file,
+    rename_noreplace,
+};
+use crate::session::{Session, remove_leftovers};
+use crate::{Error, Result};
+
+const BLOBS_DIR: &str = "blobs";
+const TMP_DIR: &str = "tmp";
+const REFS_DIR: &str = "refs-v1";
+const LOCKS_DIR: &str = "locks";
+const GC_LOCK: &str = "gc.lock";
+const REFS_LOCK: &str = "refs.lock";
+const TMP_LOCK: &str = "tmp.lock";
+
+/// Mode of stored blobs: content-addressed files are never modified in place.
+const BLOB_MODE: u32 = 0o444;
+/// Buffer size of blob writers.
+const WRITE_BUFFER: usize = 128 << 10;
+
+/// An open blob store. Holds a shared lock on `locks/gc.lock` and a session directory for its
+/// lifetime; dropping it removes the session directory.
+///
+/// A `Store` is `Sync`: threads may share one to write blobs concurrently.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    session: Session,
+    gc_lock: File,
+}
+
+/// How [`Store::link_or_copy_out`] placed a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A hard link to the stored blob (shares its inode and read-only mode).
+    Hardlink,
+    /// A verified copy (the destination is on another filesystem or links are not allowed).
+    Copy,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating its directories if needed, and removes the leftovers
+    /// of dead processes from `tmp/`.
+    ///
+    /// An existing root must be a directory owned by the current user and not writable by
+    /// group or others. Blocks while another process runs [`Store::gc`].
+    pub fn open(root: &Path) -> Result<Store> {
+        let root = std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
+        create_root(&root)?;
+        check_root_is_private(&root)?;
+        for dir in [BLOBS_DIR, TMP_DIR, REFS_DIR, LOCKS_DIR] {
+            ensure_private_dir(&root.join(dir))?;
+        }
+        ensure_private_dir(&root.join(BLOBS_DIR).join(Algorithm::Sha256.name()))?;
+
+        let gc_lock_path = root.join(LOCKS_DIR).join(GC_LOCK);
+        let gc_lock = open_lock_file(&gc_lock_path)?;
+        gc_lock
+            .lock_shared()
+            .map_err(|e| Error::io("lock", &gc_lock_path, e))?;
+
+        // Sessions are created, and dead ones recognised, only under tmp.lock (see session.rs).
+        let tmp = root.join(TMP_DIR);
+        let _tmp_lock = lock_exclusive(&root.join(LOCKS_DIR).join(TMP_LOCK))?;
+        let session = Session::create(&tmp)?;
+        let removed = remove_leftovers(&tmp, session.path())?;
+        tracing::debug!(root = %root.display(), removed, "opened store");
+        Ok(Store {
+            root,
+            session,
+            gc_lock,
+        })
+    }
+
+    /// The store's root directory (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path a blob has (or would have) in the store: `<root>/blobs/<alg>/<hex>`.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(digest.blob_path())
+    }
+
+    /// Whether the store holds the blob.
+    pub fn has(&self, digest: &Digest) -> bool {
+        fs::symlink_metadata(self.blob_path(digest)).is_ok()
+    }
+
+    /// Starts writing a sha256 blob.
+    pub fn blob_writer(&self) -> Result<BlobWriter<'_>> {
+        self.blob_writer_with(Algorithm::Sha256)
+    }
+
+    /// Starts writing a blob hashed with `algorithm`.
+    pub fn blob_writer_with(&self, algorithm: Algorithm) -> Result<BlobWriter<'_>> {
+        let (file, temp) = self.temp_file("blob-")?.into_parts();
+        let buffered = BufWriter::with_capacity(WRITE_BUFFER, file);
+        Ok(BlobWriter {
+            store: self,
+            out: HashingWriter::with_algorithm(buffered, algorithm),
+            temp,
+        })
+    }
+
+    /// Stores `bytes` as a sha256 blob and returns its digest.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::sha256(bytes);
+        if self.has(&digest) {
+            return Ok(digest);
+        }
+        let mut writer = self.blob_writer()?;
+        writer
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", &*writer.temp, e))?;
+        writer.commit(Some((&digest, bytes.len() as u64)))?;
+        Ok(digest)
+    }
+
+    /// Copies `reader` into the store, checking it against `expected` (digest and size). Reads
+    /// at most `size + 1` bytes, so a source longer than announced is caught without reading it
+    /// all. `what` names the source in errors. Does nothing if the blob is already stored.
+    pub fn import(&self, reader: impl Read, expected: (&Digest, u64), what: &str) -> Result<()> {
+        let (digest, size) = expected;
+        if self.has(digest) {
+            return Ok(());
+        }
+        let mut writer = self.blob_writer_with(digest.algorithm())?;
+        let mut limited = reader.take(size.saturating_add(1));
+        let copied = io::copy(&mut limited, &mut writer)
+            .map_err(|e| Error::copy(format!("{what} into the store"), e))?;
+        if copied > size {
+            return Err(Error::SizeMismatch {
+                what: what.to_owned(),
+                expected: size,
+                actual: None,
+            });
+        }
+        writer.commit_as(Some((digest, size)), what)?;
+        Ok(())
+    }
+
+    /// Opens a stored blob for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|e| self.open_error(digest, path, e))
+    }
+
+    /// Reads a whole blob of at most `limit` bytes and checks that it hashes to its digest.
+    pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let mut bytes = Vec::new();
+        self.open_blob(digest)?
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &path, e))?;
+        if bytes.len() as u64 > limit {
+            return Err(Error::TooLarge { path, limit });
+        }
+        let actual = Digest::compute(digest.algorithm(), &bytes);
+        if actual != *digest {
+            return Err(corrupt(digest, path, actual));
+        }
+        Ok(bytes)
+    }
+
+    /// Rehashes a stored blob and checks that it matches its name.
+    pub fn verify_blob(&self, digest: &Digest) -> Result<()> {
+        let path = self.blob_path(digest);
+        let mut reader = HashingReader::new(self.open_blob(digest)?, digest.algorithm());
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io("read", &path, e))?;
+        let actual = reader.finish().1;
+        if actual != *digest {
+            return Err(corrupt(digest, path, actual));
+        }
+        Ok(())
+    }
+
+    /// Places a blob at `dest`, which must not exist: a hard link when possible, otherwise
+    /// (other filesystem, links not permitted, too many links) a copy that is verified while
+    /// written. Either way the result is read-only.
+    pub fn link_or_copy_out(&self, digest: &Digest, dest: &Path) -> Result<LinkKind> {
+        let src = self.blob_path(digest);
+        if !self.has(digest) {
+            return Err(Error::BlobNotFound {
+                digest: digest.clone(),
+                path: src,
+            });
+        }
+        match fs::hard_link(&src, dest) {
+            Ok(()) => Ok(LinkKind::Hardlink),
+            Err(e) if link_unsupported(&e) => {
+                tracing::debug!(%digest, dest = %dest.display(), error = %e, "copying instead of linking");
+                self.copy_out(digest, dest)?;
+                Ok(LinkKind::Copy)
+            }
+            Err(e) => Err(Error::io("link a blob to", dest, e)),
+        }
+    }
+
+    /// Copies a blob to `dest` (which must not exist), verifying it on the way.
+    fn copy_out(&self, digest: &Digest, dest: &Path) -> Result<()> {
+        let mut input = HashingReader::new(self.open_blob(digest)?, digest.algorithm());
+        let mut output = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(BLOB_MODE)
+            .open(dest)
+            .map_err(|e| Error::io("create", dest, e))?;
+        let copied = io::copy(&mut input, &mut output).and_then(|_| output.sync_all());
+        let actual = input.finish().1;
+        let result = match copied {
+            Err(e) => Err(Error::copy(
+                format!("blob {digest} to {}", dest.display()),
+                e,
+            )),
+            Ok(()) if actual != *digest => Err(corrupt(digest, self.blob_path(digest), actual)),
+            Ok(()) => Ok(()),
+        };
+        if result.is_err() {
+            let _ = fs::remove_file(dest);
+        }
+        result
+    }
+
+    /// Creates a temp file in this store's session directory.
+    pub(crate) fn temp_file(&self, prefix: &str) -> Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempfile_in(self.session.path())
+            .map_err(|e| Error::io("create a temp file in", self.session.path(), e))
+    }
+
+    /// The `refs-v1` directory.
+    pub(crate) fn refs_dir(&self) -> PathBuf {
+        self.root.join(REFS_DIR)
+    }
+
+    /// The `blobs` directory.
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
+        self.root.join(BLOBS_DIR)
+    }
+
+    /// The `tmp` directory.
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
+    }
+
+    /// This store's session directory.
+    pub(crate) fn session_dir(&self) -> &Path {
+        self.session.path()
+    }
+
+    /// Takes `locks/refs.lock` exclusively until the returned file is dropped.
+    pub(crate) fn lock_refs(&self) -> Result<File> {
+        lock_exclusive(&self.root.join(LOCKS_DIR).join(REFS_LOCK))
+    }
+
+    /// Takes `locks/tmp.lock` exclusively until the returned file is dropped.
+    pub(crate) fn lock_tmp(&self) -> Result<File> {
+        lock_exclusive(&self.root.join(LOCKS_DIR).join(TMP_LOCK))
+    }
+
+    /// Trades this store's shared `gc.lock` for an exclusive one, waiting until every other
+    /// open store is dropped.
+    pub(crate) fn lock_gc_exclusive(&self) -> Result<()> {
+        let path = self.root.join(LOCKS_DIR).join(GC_LOCK);
+        self.gc_lock
+            .unlock()
+            .and_then(|()| self.gc_lock.lock())
+            .map_err(|e| Error::io("lock", path, e))
+    }
+
+    /// Trades the exclusive `gc.lock` back for a shared one.
+    pub(crate) fn lock_gc_shared(&self) -> Result<()> {
+        let path = self.root.join(LOCKS_DIR).join(GC_LOCK);
+        self.gc_lock
+            .unlock()
+            .and_then(|()| self.gc_lock.lock_shared())
+            .map_err(|e| Error::io("lock", path, e))
+    }
+
+    /// Moves a finished, fsynced temp file to `blobs/<alg>/<hex>` without replacing anything.
+    /// If the blob already exists (another writer won the race) the existing file is kept and
+    /// the temp file removed.
+    fn install(&self, temp: TempPath, digest: &Digest) -> Result<()> {
+        let dir = self.blobs_dir().join(digest.algorithm().name());
+        ensure_private_dir(&dir)?;
+        let target = self.blob_path(digest);
+        match rename_noreplace(&temp, &target) {
+            Ok(()) => {
+                temp.keep()
+                    .map_err(|e| Error::io("keep", &target, e.error))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tracing::debug!(%digest, "blob already stored; keeping the existing file");
+            }
+            Err(e) => return Err(Error::io("move a blob to", &target, e)),
+        }
+        fsync_dir(&dir)
+    }
+
+    fn open_error(&self, digest: &Digest, path: PathBuf, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::BlobNotFound {
+                digest: digest.clone(),
+                path,
+            }
+        } else {
+            Error::io("open", path, e)
+        }
+    }
+}
+
+/// A blob being written into the store: bytes go to a temp file in the session directory while
+/// they are hashed and counted. Nothing is visible under `blobs/` until [`BlobWriter::commit`];
+/// dropping the writer (or [`BlobWriter::abort`]) removes the temp file.
+pub struct BlobWriter<'s> {
+    store: &'s Store,
+    out: HashingWriter<BufWriter<File>>,
+    temp: TempPath,
+}
+
+impl std::fmt::Debug for BlobWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("temp", &self.temp)
+            .field("written", &self.out.written())
+            .finish()
+    }
+}
+
+impl BlobWriter<'_> {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.out.written()
+    }
+
+    /// Finishes the blob. If `expected` (digest, size) is given, the size and then the digest
+    /// must match, otherwise nothing becomes visible. The file is fsynced, made read-only and
+    /// moved to `blobs/<alg>/<hex>`; if that blob already exists the existing one is kept.
+    /// Returns the digest and size.
+    pub fn commit(self, expected: Option<(&Digest, u64)>) -> Result<(Digest, u64)> {
+        self.commit_as(expected, "new blob")
+    }
+
+    /// Discards the blob.
+    pub fn abort(self) {}
+
+    /// [`BlobWriter::commit`] with `what` naming the content in errors.
+    fn commit_as(self, expected: Option<(&Digest, u64)>, what: &str) -> Result<(Digest, u64)> {
+        let BlobWriter { store, out, temp } = self;
+        let (buffered, digest, size) = out.finish();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| Error::io("write", &*temp, e.into_error()))?;
+        if let Some((want, want_size)) = expected {
+            check_content(what, (want, want_size), (&digest, size))?;
+        }
+        file.sync_all().map_err(|e| Error::io("fsync", &*temp, e))?;
+        file.set_permissions(Permissions::from_mode(BLOB_MODE))
+            .map_err(|e| Error::io("chmod", &*temp, e))?;
+        drop(file);
+        store.install(temp, &digest)?;
+        tracing::debug!(%digest, size, "committed blob");
+        Ok((digest, size))
+    }
+}
+
+impl Write for BlobWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.out.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Checks the size, then the digest, of written content against what was expected.
+fn check_content(what: &str, expected: (&Digest, u64), actual: (&Digest, u64)) -> Result<()> {
+    if actual.1 != expected.1 {
+        return Err(Error::SizeMismatch {
+            what: format!("{what} (expected {})", expected.0),
+            expected: expected.1,
+            actual: Some(actual.1),
+        });
+    }
+    if actual.0 != expected.0 {
+        return Err(Error::DigestMismatch {
+            what: what.to_owned(),
+            expected: expected.0.clone(),
+            actual: actual.0.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn corrupt(digest: &Digest, path: PathBuf, actual: Digest) -> Error {
+    Error::CorruptBlob {
+        digest: digest.clone(),
+        path,
+        actual,
+    }
+}
+
+/// Creates the root directory (mode 0700) and any missing parents.
+fn create_root(root: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(root)
+        .map_err(|e| Error::io("create directory", root, e))
+}
+
+/// Refuses a root that other users could tamper with: it must be a directory (possibly behind
+/// a symlink) owned by the current user and not writable by group or others.
+fn check_root_is_private(root: &Path) -> Result<()> {
+    let meta = fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
+    let unsafe_root = |reason: String| Error::UnsafeRoot {
+        path: root.to_owned(),
+        reason,
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_root("it is not a directory".to_owned()));
+    }
+    let uid = rustix::process::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(unsafe_root(format!(
+            "it is owned by uid {}, not by the current user (uid {uid})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_root(format!(
+            "its mode {:o} lets other users write to it; run chmod go-w on it",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{blob_files, open_store};
+
+    #[test]
+    fn commit_with_right_expectation_stores_a_read_only_blob() {
+        let (_dir, store) = open_store();
+        let digest = Digest::sha256(b"hello");
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"hel").unwrap();
+        w.write_all(b"lo").unwrap();
+        assert_eq!(w.written(), 5);
+        let (got, size) = w.commit(Some((&digest, 5))).unwrap();
+        assert_eq!((got.clone(), size), (digest.clone(), 5));
+        let path = store.blob_path(&digest);
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o444);
+        assert!(store.has(&digest));
+        store.verify_blob(&digest).unwrap();
+        assert_session_empty(&store);
+    }
+
+    #[test]
+    fn commit_with_wrong_digest_or_size_stores_nothing() {
+        let (_dir, store) = open_store();
+        let wrong = Digest::sha256(b"other");
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"hello").unwrap();
+        let err = w.commit(Some((&wrong, 5))).unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&wrong.to_string()), "{msg}");
+        assert!(msg.contains(&Digest::sha256(b"hello").to_string()), "{msg}");
+
+        let right = Digest::sha256(b"hello");
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"hello").unwrap();
+        let err = w.commit(Some((&right, 6))).unwrap_err();
+        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+        assert!(err.to_string().contains(&right.to_string()), "{err}");
+
+        assert!(blob_files(&store).is_empty());
+        assert_session_empty(&store);
+    }
+
+    #[test]
+    fn abort_and_drop_remove_the_temp_file() {
+        let (_dir, store) = open_store();
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"partial").unwrap();
+        w.abort();
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        assert_session_empty(&store);
+        assert!(blob_files(&store).is_empty());
+    }
+
+    #[test]
+    fn concurrent_writers_of_the_same_content_all_succeed() {
+        let (dir, first) = open_store();
+        let second = Store::open(dir.path()).unwrap();
+        let content = vec![7u8; 300_000];
+        let digest = Digest::sha256(&content);
+        std::thread::scope(|s| {
+            for store in [&first, &first, &second, &second] {
+                let (content, digest) = (&content, &digest);
+                s.spawn(move || {
+                    let mut w = store.blob_writer().unwrap();
+                    for chunk in content.chunks(4096) {
+                        w.write_all(chunk).unwrap();
+                    }
+                    let got = w.commit(Some((digest, content.len() as u64))).unwrap();
+                    assert_eq!(got.0, *digest);
+                });
+            }
+        });
+        let path = first.blob_path(&digest);
+        assert_eq!(fs::read(&path).unwrap(), content);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o444);
+        assert_eq!(blob_files(&first), vec![path]);
+        assert_session_empty(&first);
+        assert_session_empty(&second);
+    }
+
+    #[test]
+    fn put_bytes_and_read_blob() {
+        let (_dir, store) = open_store();
+        let digest = store.put_bytes(b"{}").unwrap();
+        assert_eq!(store.put_bytes(b"{}").unwrap(), digest);
+        assert_eq!(store.read_blob(&digest, 2).unwrap(), b"{}");
+        let err = store.read_blob(&digest, 1).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { limit: 1, .. }), "{err}");
+        let missing = Digest::sha256(b"missing");
+        let err = store.open_blob(&missing).unwrap_err();
+        assert!(matches!(err, Error::BlobNotFound { .. }), "{err}");
+        assert!(err.to_string().contains(&missing.to_string()), "{err}");
+    }
+
+    #[test]
+    fn read_and_verify_catch_a_corrupt_blob() {
+        let (_dir, store) = open_store();
+        let digest = store.put_bytes(b"hello").unwrap();
+        let path = store.blob_path(&digest);
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        fs::write(&path, b"hellO").unwrap();
+        let err = store.verify_blob(&digest).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&digest.to_string()), "{msg}");
+        assert!(msg.contains(&Digest::sha256(b"hellO").to_string()), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(matches!(
+            store.read_blob(&digest, 100),
+            Err(Error::CorruptBlob { .. })
+        ));
+    }
+
+    // T17: a source longer than announced is cut off at size + 1 and rejected.
+    #[test]
+    fn import_verifies_size_and_digest() {
+        let (_dir, store) = open_store();
+        let digest = Digest::sha256(b"hello");
+        store
+            .import(&b"hello"[..], (&digest, 5), "test source")
+            .unwrap();
+        assert_eq!(store.read_blob(&digest, 5).unwrap(), b"hello");
+
+        let digest = Digest::sha256(b"abc");
+        let endless = io::repeat(b'a');
+        let err = store
+            .import(endless, (&digest, 3), "endless source")
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::SizeMismatch { actual: None, .. }),
+            "{err}"
+        );
+        let err = store
+            .import(&b"ab"[..], (&digest, 3), "short source")
+            .unwrap_err();
+        assert!(err.to_string().contains("short source"), "{err}");
+        let err = store
+            .import(&b"abd"[..], (&digest, 3), "bad source")
+            .unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(!store.has(&digest));
+        assert_session_empty(&store);
+    }
+
+    #[test]
+    fn link_or_copy_out_links_and_copy_verifies() {
+        let (dir, store) = open_store();
+        let digest = store.put_bytes(b"layer").unwrap();
+        let dest = dir.path().join("out-link");
+        assert_eq!(
+            store.link_or_copy_out(&digest, &dest).unwrap(),
+            LinkKind::Hardlink
+        );
+        assert_eq!(fs::read(&dest).unwrap(), b"layer");
+        assert!(
+            store.link_or_copy_out(&digest, &dest).is_err(),
+            "dest exists"
+        );
+
+        let copy = dir.path().join("out-copy");
+        store.copy_out(&digest, &copy).unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), b"layer");
+        assert_eq!(fs::metadata(&copy).unwrap().mode() & 0o777, 0o444);
+
+        let path = store.blob_path(&digest);
+        fs::remove_file(&dest).unwrap(); // drop the second link before editing
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        fs::write(&path, b"LAYER").unwrap();
+        let bad = dir.path().join("out-bad");
+        let err = store.copy_out(&digest, &bad).unwrap_err();
+        assert!(matches!(err, Error::CorruptBlob { .. }), "{err}");
+        assert!(!bad.exists(), "a failed copy leaves nothing behind");
+    }
+
+    #[test]
+    fn dead_sessions_are_cleaned_live_ones_kept() {
+        let (dir, store) = open_store();
+        let live_session = store.session_dir().to_owned();
+        let dead = dir.path().join("tmp/s-x");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join("lock"), b"").unwrap();
+        fs::write(dead.join("blob-junk"), b"junk").unwrap();
+        let stray = dir.path().join("tmp/stray-file");
+        fs::write(&stray, b"x").unwrap();
+
+        let second = Store::open(dir.path()).unwrap();
+        assert!(!dead.exists(), "dead session removed");
+        assert!(!stray.exists(), "stray entry removed");
+        assert!(live_session.join("lock").exists(), "live session kept");
+        assert!(second.session_dir().exists());
+
+        drop(store);
+        assert!(!live_session.exists(), "drop removes the session dir");
+    }
+
+    #[test]
+    fn unknown_top_level_dirs_are_left_alone() {
+        let (dir, store) = open_store();
+        drop(store);
+        fs::create_dir(dir.path().join("cache-v1")).unwrap();
+        fs::write(dir.path().join("cache-v1/entry"), b"x").unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        assert!(dir.path().join("cache-v1/entry").exists());
+    }
+
+    #[test]
+    fn root_is_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("home");
+        let store = Store::open(&root).unwrap();
+        for sub in ["", "blobs", "blobs/sha256", "tmp", "refs-v1", "locks"] {
+            let mode = fs::metadata(root.join(sub)).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{sub}");
+        }
+        drop(store);
+        fs::set_permissions(&root, Permissions::from_mode(0o777)).unwrap();
+        let err = Store::open(&root).unwrap_err();
+        assert!(matches!(err, Error::UnsafeRoot { .. }), "{err}");
+    }
+
+    fn assert_session_empty(store: &Store) {
+        let names: Vec<_> = fs::read_dir(store.session_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "lock")
+            .collect();
+        assert!(names.is_empty(), "leftover temp files: {names:?}");
+    }
+}
