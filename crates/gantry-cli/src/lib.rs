@@ -1,0 +1,276 @@
+//! The command line of gantry: clap types only. Parsing of values into domain types happens in
+//! `gantry-ops`, so errors there can name the flag and the value.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Daemonless, reproducible OCI image builder.
+#[derive(Debug, Parser)]
+#[command(name = "gantry", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The store directory (default: $XDG_CACHE_HOME/gantry, else ~/.cache/gantry).
+    #[arg(long, global = true, env = "GANTRY_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Compression threads (never changes the output bytes).
+    #[arg(
+        short = 'j',
+        long,
+        global = true,
+        env = "GANTRY_JOBS",
+        value_name = "N"
+    )]
+    pub jobs: Option<usize>,
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// gantry's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a layer blob from files, directories, a tar or an arbitrary file.
+    ///
+    /// Prints the layer info JSON (media type, digest, size, diffId, annotations, history) on
+    /// stdout unless --info is given. The blob goes into the store and, with --output, to a file.
+    Layer(LayerArgs),
+    /// Assemble an image from a base and layer infos into an OCI image layout.
+    Image(ImageArgs),
+    /// Show an image of an OCI layout, a layer blob or a layer info file.
+    Inspect(InspectArgs),
+    /// List the files of a layer or of an image.
+    Ls(LsArgs),
+    /// Check that every blob in the store matches its digest and every reference resolves.
+    Fsck(FsckArgs),
+    /// Remove blobs that nothing references.
+    Gc(GcArgs),
+}
+
+/// `gantry layer`.
+#[derive(Debug, Args)]
+pub struct LayerArgs {
+    /// A layer spec file (TOML, or JSON if it ends in .json); flags add to it.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Add a file: IMAGE_PATH=SOURCE.
+    #[arg(long = "file", value_name = "PATH=SRC")]
+    pub files: Vec<String>,
+    /// Add a directory tree: IMAGE_PATH=SOURCE_DIR.
+    #[arg(long = "dir", value_name = "PATH=SRC")]
+    pub dirs: Vec<String>,
+    /// Only include tree entries matching this glob (for --dir; repeatable).
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out tree entries matching this glob (for --dir; repeatable).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Add a file with inline content: IMAGE_PATH=TEXT.
+    #[arg(long = "content", value_name = "PATH=TEXT")]
+    pub content: Vec<String>,
+    /// Add a symlink: IMAGE_PATH=TARGET.
+    #[arg(long = "symlink", value_name = "PATH=TARGET")]
+    pub symlinks: Vec<String>,
+    /// Add a hard link to another file of the layer: IMAGE_PATH=TARGET_PATH.
+    #[arg(long = "hardlink", value_name = "PATH=TARGET")]
+    pub hardlinks: Vec<String>,
+    /// Add an empty directory.
+    #[arg(long = "empty-dir", value_name = "PATH")]
+    pub empty_dirs: Vec<String>,
+    /// Delete a path of lower layers (a whiteout).
+    #[arg(long = "whiteout", value_name = "PATH")]
+    pub whiteouts: Vec<String>,
+    /// Hide the lower-layer contents of a directory (an opaque whiteout).
+    #[arg(long = "opaque", value_name = "PATH")]
+    pub opaque: Vec<String>,
+    /// Default mode of files (octal; default 0755 if executable, else 0644).
+    #[arg(long, value_name = "OCTAL")]
+    pub mode: Option<String>,
+    /// Default mode of directories (octal; default 0755).
+    #[arg(long, value_name = "OCTAL")]
+    pub dir_mode: Option<String>,
+    /// Default owner id (default 0).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Default group id (default 0).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Default owner name.
+    #[arg(long)]
+    pub uname: Option<String>,
+    /// Default group name.
+    #[arg(long)]
+    pub gname: Option<String>,
+    /// Default mtime: epoch seconds or RFC 3339 (default SOURCE_DATE_EPOCH, else 0).
+    #[arg(long)]
+    pub mtime: Option<String>,
+    /// Metadata for one path: IMAGE_PATH=JSON, e.g. /app/run='{"mode":"0755","uid":1000}'.
+    #[arg(long = "metadata", value_name = "PATH=JSON")]
+    pub metadata: Vec<String>,
+    /// Do not add entries for missing parent directories.
+    #[arg(long)]
+    pub no_parents: bool,
+    /// gzip, zstd or none.
+    #[arg(long, value_name = "NAME")]
+    pub compression: Option<String>,
+    /// Compression level (gzip 1-12, zstd 1-19).
+    #[arg(long)]
+    pub level: Option<i32>,
+    /// Use an existing tar (plain, gzip or zstd) as the layer.
+    #[arg(long, value_name = "FILE")]
+    pub tar: Option<PathBuf>,
+    /// Recompress --tar with --compression instead of keeping its bytes.
+    #[arg(long, requires = "tar")]
+    pub recompress: bool,
+    /// Use an arbitrary file as the blob (an OCI artifact layer); needs --media-type.
+    #[arg(long, value_name = "FILE")]
+    pub artifact: Option<PathBuf>,
+    /// Media type of --artifact, or an override for tar layers.
+    #[arg(long, value_name = "TYPE")]
+    pub media_type: Option<String>,
+    /// Descriptor annotation KEY=VALUE.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// File of KEY=VALUE annotation lines.
+    #[arg(long, value_name = "FILE")]
+    pub annotations_file: Option<PathBuf>,
+    /// The history line's created_by (default "gantry layer").
+    #[arg(long, value_name = "TEXT")]
+    pub created_by: Option<String>,
+    /// The history line's comment.
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// Also write the blob to this file (hard-linked from the store when possible).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Write the layer info JSON to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub info: Option<PathBuf>,
+}
+
+/// `gantry image`.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// scratch, DIR[:TAG], DIR@DIGEST or oci:DIR[:TAG].
+    #[arg(long, default_value = "scratch", value_name = "BASE")]
+    pub base: String,
+    /// Platform to pick from an index base and to give a scratch image (default: this host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// A layer: its info JSON, optionally with the blob file (INFO=BLOB) when it is not in the
+    /// store. Repeatable, base first.
+    #[arg(long = "layer", value_name = "INFO[=BLOB]")]
+    pub layers: Vec<String>,
+    /// Entrypoint: a JSON array, or one argument per flag.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub entrypoint: Vec<String>,
+    /// Cmd: a JSON array, or one argument per flag.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+    /// Environment KEY=VALUE, merged by key with the base's.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// User (name, uid, user:group or uid:gid).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Working directory.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Exposed port (8080, 8080/tcp, 53/udp).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<String>,
+    /// Volume path.
+    #[arg(long = "volume", value_name = "PATH")]
+    pub volumes: Vec<String>,
+    /// Label KEY=VALUE.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Stop signal (SIGTERM, 15).
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Operating system of the config.
+    #[arg(long)]
+    pub os: Option<String>,
+    /// Architecture of the config.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Architecture variant of the config.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Author of the image.
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Manifest annotation KEY=VALUE.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Build an OCI artifact of this type (empty config; layers may be any blobs).
+    #[arg(long, value_name = "TYPE")]
+    pub artifact_type: Option<String>,
+    /// The OCI layout directory to write (replaced atomically).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// The tag of the image in the layout.
+    #[arg(short, long, default_value = "latest")]
+    pub tag: String,
+    /// Write the image metadata JSON to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
+}
+
+/// `gantry inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// An OCI layout (DIR[:TAG], DIR@DIGEST, oci:DIR[:TAG]), a layer blob or a layer info file.
+    pub target: String,
+    /// Platform to pick from an index.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gantry ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// An OCI layout (DIR[:TAG], DIR@DIGEST, oci:DIR[:TAG]), a layer blob or a layer info file.
+    pub target: String,
+    /// Platform to pick from an index.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// For an image: list each layer's entries instead of the merged filesystem.
+    #[arg(long)]
+    pub layers: bool,
+    /// Machine-readable output (one JSON object per line).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gantry fsck`.
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// Remove corrupt blobs and stray files, and fix blob permissions.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+/// `gantry gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Report what would be removed without removing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}

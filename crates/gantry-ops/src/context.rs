@@ -1,0 +1,96 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use gantry_store::Store;
+
+/// How commands report progress and warnings. The binary implements it with progress bars.
+pub trait Reporter: Send + Sync {
+    /// A progress sink for writing a layer of `total` input bytes, labelled `label`.
+    fn layer_progress(&self, label: &str, total: u64) -> Box<dyn gantry_layer::Progress>;
+    /// Something the user should know that is not an error.
+    fn warn(&self, message: &str);
+}
+
+/// A [`Reporter`] that reports nothing.
+pub struct NoReporter;
+
+impl Reporter for NoReporter {
+    fn layer_progress(&self, _: &str, _: u64) -> Box<dyn gantry_layer::Progress> {
+        Box::new(gantry_layer::NoProgress)
+    }
+    fn warn(&self, _: &str) {}
+}
+
+/// Everything a command needs from its environment, resolved once.
+#[derive(Clone)]
+pub struct Context {
+    /// The store directory.
+    pub home: PathBuf,
+    /// Compression threads.
+    pub jobs: usize,
+    /// `SOURCE_DATE_EPOCH` (0 when unset): image and history times, default mtimes.
+    pub source_date_epoch: i64,
+    /// The directory relative paths on the command line are taken from.
+    pub cwd: PathBuf,
+    /// Progress and warnings.
+    pub reporter: Arc<dyn Reporter>,
+}
+
+/// `$XDG_CACHE_HOME/gantry`, else `~/.cache/gantry`.
+pub fn default_home() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("gantry"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("cannot find a store directory: set GANTRY_HOME, XDG_CACHE_HOME or HOME")?;
+    Ok(PathBuf::from(home).join(".cache").join("gantry"))
+}
+
+impl Context {
+    /// Resolves the context from flags and the environment (`SOURCE_DATE_EPOCH`).
+    pub fn new(
+        home: Option<PathBuf>,
+        jobs: Option<usize>,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Self> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let home = match home {
+            Some(h) => cwd.join(h),
+            None => default_home()?,
+        };
+        let jobs = match jobs {
+            Some(0) => anyhow::bail!("GANTRY_JOBS / --jobs must be at least 1"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.is_empty() => gantry_oci::time::parse_source_date_epoch(&v)?,
+            _ => 0,
+        };
+        Ok(Context {
+            home,
+            jobs,
+            source_date_epoch,
+            cwd,
+            reporter,
+        })
+    }
+
+    /// Opens the store.
+    pub fn store(&self) -> Result<Store> {
+        Store::open(&self.home)
+            .with_context(|| format!("cannot open the store at {}", self.home.display()))
+    }
+
+    /// The image creation and history time (RFC 3339).
+    pub fn created(&self) -> Result<String> {
+        Ok(gantry_oci::time::format_rfc3339(self.source_date_epoch)?)
+    }
+
+    /// A path from the command line, made absolute.
+    pub fn abs(&self, p: &Path) -> PathBuf {
+        self.cwd.join(p)
+    }
+}

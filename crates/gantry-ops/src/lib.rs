@@ -1,0 +1,37 @@
+//! gantry's commands. Each command is a module that turns parsed arguments into work on the
+//! library crates and returns plain data; the `gantry` binary prints it. Nothing here prints.
+//!
+//! # Codebase map
+//!
+//! | crate | job |
+//! |---|---|
+//! | `gantry` | the binary: argument parsing, logging, progress bars, printing |
+//! | `gantry-cli` | clap definitions only |
+//! | `gantry-ops` | this crate: one module per command ([`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`]) |
+//! | `gantry-oci` | digests, descriptors, media types, references, manifests, configs, canonical JSON |
+//! | `gantry-layer` | layer specs and recipes, the tar writer, gzip/zstd, tar validation and listing |
+//! | `gantry-store` | the blob store under `$GANTRY_HOME`, OCI layouts, refs, gc, fsck |
+//! | `gantry-image` | the lazy image model: bases, layer refs, config edits, manifest output |
+//!
+//! # Files on disk
+//!
+//! | path | read/written by |
+//! |---|---|
+//! | `$GANTRY_HOME/blobs/sha256/<hex>` | `gantry_store::Store` |
+//! | `$GANTRY_HOME/refs-v1/<kind>/<hash>.json` | GC roots: `Store::set_ref`, written by [`layer`] and [`image`] for their outputs |
+//! | `$GANTRY_HOME/tmp/s-*` | per-process temp dirs, cleaned by the next open |
+//! | `$GANTRY_HOME/locks/*.lock` | cross-process locks |
+//! | layer info JSON (`gantry layer --info`) | `gantry_layer::LayerInfo` |
+//! | image metadata JSON (`gantry image --metadata`) | `gantry_image::ImageMetadata` |
+
+mod context;
+pub mod image;
+pub mod inspect;
+pub mod layer;
+pub mod ls;
+pub mod maintenance;
+mod target;
+mod util;
+
+pub use context::{Context, NoReporter, Reporter, default_home};
+pub use target::Target;

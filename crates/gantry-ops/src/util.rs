@@ -1,0 +1,88 @@
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+
+/// Splits `KEY=VALUE` for `flag`; the key must be non-empty.
+pub(crate) fn split_pair<'a>(flag: &str, item: &'a str) -> Result<(&'a str, &'a str)> {
+    match item.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k, v)),
+        _ => bail!("{flag} {item:?}: expected KEY=VALUE"),
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same directory, then rename), so a
+/// reader never sees half a file and a failure leaves the old file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.gantry-tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Parses an argv given as a JSON array (`'["a","b"]'`) or as one value per flag.
+pub(crate) fn parse_argv(flag: &str, values: &[String]) -> Result<Option<Vec<String>>> {
+    match values {
+        [] => Ok(None),
+        [one] if one.trim_start().starts_with('[') => {
+            let v: Vec<String> = serde_json::from_str(one)
+                .with_context(|| format!("{flag} {one:?}: not a JSON array of strings"))?;
+            Ok(Some(v))
+        }
+        many => Ok(Some(many.to_vec())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_forms() {
+        assert_eq!(parse_argv("--cmd", &[]).unwrap(), None);
+        assert_eq!(
+            parse_argv("--cmd", &[r#"["sh","-c","echo hi"]"#.into()])
+                .unwrap()
+                .unwrap(),
+            ["sh", "-c", "echo hi"]
+        );
+        assert_eq!(
+            parse_argv("--cmd", &["[]".into()]).unwrap().unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            parse_argv("--cmd", &["sh".into(), "-c".into()])
+                .unwrap()
+                .unwrap(),
+            ["sh", "-c"]
+        );
+        assert!(parse_argv("--cmd", &["[1,2]".into()]).is_err());
+    }
+
+    #[test]
+    fn pairs() {
+        assert_eq!(split_pair("--env", "A=b=c").unwrap(), ("A", "b=c"));
+        assert!(split_pair("--env", "=x").is_err());
+        assert!(split_pair("--env", "x").is_err());
+    }
+}

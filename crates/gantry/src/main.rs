@@ -1,0 +1,91 @@
+//! The `gantry` binary: parses arguments, sets up logging and progress, runs a command from
+//! `gantry-ops` and prints its result. This is the only crate that prints.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod print;
+mod progress;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use gantry_cli::{Cli, Command};
+use gantry_ops::Context;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose, cli.global.quiet);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // Broken pipe on stdout (`gantry ls … | head`) is not an error.
+            if err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let show_progress = !cli.global.quiet && std::io::stderr().is_terminal();
+    let reporter = Arc::new(progress::Bars::new(show_progress, cli.global.quiet));
+    let ctx = Context::new(cli.global.home, cli.global.jobs, reporter)?;
+    match &cli.command {
+        Command::Layer(args) => {
+            let r = gantry_ops::layer::run(&ctx, args)?;
+            print::layer(&r, cli.global.quiet)?;
+        }
+        Command::Image(args) => {
+            let r = gantry_ops::image::run(&ctx, args)?;
+            print::image(&r, cli.global.quiet)?;
+        }
+        Command::Inspect(args) => {
+            let r = gantry_ops::inspect::run(&ctx, args)?;
+            print::inspect(&r, args.json)?;
+        }
+        Command::Ls(args) => {
+            let mut out = print::LsPrinter::new(args.json);
+            gantry_ops::ls::run(&ctx, args, &mut |row| out.row(&row))?;
+            out.finish()?;
+        }
+        Command::Fsck(args) => {
+            let r = gantry_ops::maintenance::fsck(&ctx, args.repair)?;
+            print::fsck(&r)?;
+            if !r.is_clean() && !args.repair {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Gc(args) => {
+            let r = gantry_ops::maintenance::gc(&ctx, args.dry_run)?;
+            print::gc(&r, args.dry_run)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
