@@ -20,7 +20,7 @@ pub enum InspectReport {
     /// An image of a layout.
     Image(Box<ImageReport>),
     /// A layer blob or layer info.
-    Layer(LayerReport),
+    Layer(Box<LayerReport>),
 }
 
 /// An image.
@@ -113,7 +113,7 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<InspectReport> {
             let bytes = std::fs::read(&path)?;
             let info = LayerInfo::parse(&bytes, &path.display().to_string())?;
             let in_store = ctx.store()?.has(&info.digest);
-            Ok(InspectReport::Layer(LayerReport {
+            Ok(InspectReport::Layer(Box::new(LayerReport {
                 media_type: info.media_type,
                 digest: info.digest,
                 size: info.size,
@@ -123,7 +123,7 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<InspectReport> {
                 annotations: info.annotations,
                 history: info.history,
                 in_store: Some(in_store),
-            }))
+            })))
         }
         Target::Blob(path) => {
             let (hw, t) = gantry_layer::tarread::import_tar(
@@ -134,7 +134,7 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<InspectReport> {
             )
             .with_context(|| format!("cannot read {}", path.display()))?;
             let (_, digest, size) = hw.finish();
-            Ok(InspectReport::Layer(LayerReport {
+            Ok(InspectReport::Layer(Box::new(LayerReport {
                 media_type: t.compression.oci_layer_media_type().to_owned(),
                 digest,
                 size,
@@ -144,7 +144,7 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<InspectReport> {
                 annotations: BTreeMap::new(),
                 history: None,
                 in_store: None,
-            }))
+            })))
         }
     }
 }
