@@ -177,7 +177,8 @@ impl TreeFilter {
 #[derive(Debug, Clone)]
 struct Item {
     kind: ItemKind,
-    origin: String,
+    /// Which source added it, for error messages; shared by every entry of a tree.
+    origin: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +188,8 @@ enum ItemKind {
         size: u64,
         exec: bool,
         inode: (u64, u64),
+        /// Link count: only files with more than one name can become tar hard links.
+        nlink: u64,
     },
     Inline(Arc<[u8]>),
     Dir {
@@ -245,7 +248,7 @@ impl RecipeBuilder {
         }
     }
 
-    fn insert(&mut self, path: ImagePath, kind: ItemKind, origin: &str) -> Result<(), Error> {
+    fn insert(&mut self, path: ImagePath, kind: ItemKind, origin: &Arc<str>) -> Result<(), Error> {
         if path.is_root() {
             return Err(Error::InvalidPath {
                 path: "/".to_owned(),
@@ -256,7 +259,7 @@ impl RecipeBuilder {
             return Err(Error::DuplicatePath {
                 path: path.to_string(),
                 first: first.clone(),
-                second: origin.to_owned(),
+                second: origin.to_string(),
             });
         }
         match self.items.get(&path) {
@@ -265,7 +268,7 @@ impl RecipeBuilder {
                     path,
                     Item {
                         kind,
-                        origin: origin.to_owned(),
+                        origin: Arc::clone(origin),
                     },
                 );
                 Ok(())
@@ -279,8 +282,8 @@ impl RecipeBuilder {
             }
             Some(existing) => Err(Error::DuplicatePath {
                 path: path.to_string(),
-                first: existing.origin.clone(),
-                second: origin.to_owned(),
+                first: existing.origin.to_string(),
+                second: origin.to_string(),
             }),
         }
     }
@@ -303,7 +306,7 @@ impl RecipeBuilder {
                 reason: "is not a regular file".to_owned(),
             });
         }
-        let origin = format!("file {}", src.display());
+        let origin: Arc<str> = Arc::from(format!("file {}", src.display()));
         self.insert(
             dest,
             ItemKind::DiskFile {
@@ -311,6 +314,7 @@ impl RecipeBuilder {
                 size: md.len(),
                 exec: md.mode() & 0o100 != 0,
                 inode: (md.dev(), md.ino()),
+                nlink: md.nlink(),
             },
             &origin,
         )
@@ -334,7 +338,7 @@ impl RecipeBuilder {
                 reason: "is not a directory".to_owned(),
             });
         }
-        let origin = format!("directory {}", src.display());
+        let origin: Arc<str> = Arc::from(format!("directory {}", src.display()));
         if !dest.is_root() {
             self.insert(dest.clone(), ItemKind::Dir { implicit: false }, &origin)?;
         }
@@ -371,10 +375,15 @@ impl RecipeBuilder {
             let path = dest.join_relative(rel.as_os_str().as_bytes())?;
             let kind = self.tree_item(entry.path(), &ft)?;
             let Some(kind) = kind else { continue };
-            // Directories between the tree root and this entry belong to the tree.
-            for anc in path.ancestors() {
-                if anc.as_bytes().len() > dest.as_bytes().len() && !self.items.contains_key(&anc) {
-                    self.insert(anc, ItemKind::Dir { implicit: false }, &origin)?;
+            // Directories between the tree root and this entry belong to the tree. Without an
+            // include filter the walk has already added them (it yields parents first).
+            if filter.include.is_some() {
+                for anc in path.ancestors() {
+                    if anc.as_bytes().len() > dest.as_bytes().len()
+                        && !self.items.contains_key(&anc)
+                    {
+                        self.insert(anc, ItemKind::Dir { implicit: false }, &origin)?;
+                    }
                 }
             }
             self.insert(path, kind, &origin)?;
@@ -408,6 +417,7 @@ impl RecipeBuilder {
                 size: md.len(),
                 exec: md.mode() & 0o100 != 0,
                 inode: (md.dev(), md.ino()),
+                nlink: md.nlink(),
             }
         } else if ft.is_fifo() {
             ItemKind::Fifo { mode: perm }
@@ -436,7 +446,7 @@ impl RecipeBuilder {
 
     /// Adds a file with inline content.
     pub fn add_content(&mut self, dest: ImagePath, content: &[u8]) -> Result<(), Error> {
-        let origin = format!("content for {dest}");
+        let origin: Arc<str> = Arc::from(format!("content for {dest}"));
         self.insert(dest, ItemKind::Inline(Arc::from(content)), &origin)
     }
 
@@ -448,7 +458,7 @@ impl RecipeBuilder {
                 reason: "a symlink target must be 1 to 4096 bytes without NUL".to_owned(),
             });
         }
-        let origin = format!("symlink {dest}");
+        let origin: Arc<str> = Arc::from(format!("symlink {dest}"));
         self.insert(dest, ItemKind::Symlink(target.to_vec()), &origin)
     }
 
@@ -458,7 +468,7 @@ impl RecipeBuilder {
         if let Some(existing) = self.items.get(&dest) {
             return Err(Error::DuplicatePath {
                 path: dest.to_string(),
-                first: existing.origin.clone(),
+                first: existing.origin.to_string(),
                 second: origin,
             });
         }
@@ -475,7 +485,7 @@ impl RecipeBuilder {
 
     /// Adds an empty directory.
     pub fn add_empty_dir(&mut self, dest: ImagePath) -> Result<(), Error> {
-        let origin = format!("directory {dest}");
+        let origin: Arc<str> = Arc::from(format!("directory {dest}"));
         self.insert(dest, ItemKind::Dir { implicit: false }, &origin)
     }
 
@@ -490,7 +500,7 @@ impl RecipeBuilder {
         }
         let mut wh = WHITEOUT_PREFIX.to_vec();
         wh.extend_from_slice(name);
-        let origin = format!("whiteout {path}");
+        let origin: Arc<str> = Arc::from(format!("whiteout {path}"));
         let wh_path = path.with_file_name(&wh)?;
         self.insert(wh_path, ItemKind::Inline(Arc::from(&b""[..])), &origin)
     }
@@ -503,7 +513,7 @@ impl RecipeBuilder {
                 reason: "the root cannot be made opaque".to_owned(),
             });
         }
-        let origin = format!("opaque directory {dir}");
+        let origin: Arc<str> = Arc::from(format!("opaque directory {dir}"));
         let marker = dir.child(OPAQUE_WHITEOUT)?;
         self.insert(marker, ItemKind::Inline(Arc::from(&b""[..])), &origin)
     }
@@ -533,39 +543,38 @@ impl RecipeBuilder {
             }
         }
 
-        let mut entries: BTreeMap<ImagePath, Entry> = BTreeMap::new();
-        for (path, item) in &self.items {
-            let meta = self.meta_for(path, &item.kind);
-            let kind = match &item.kind {
-                ItemKind::DiskFile { src, size, .. } => EntryKind::File(FileSource::Disk {
-                    path: src.clone(),
-                    size: *size,
-                }),
-                ItemKind::Inline(b) => EntryKind::File(FileSource::Inline(b.clone())),
+        // Items move into entries (sorted by path); only multiply-linked files are remembered
+        // for hard-link grouping.
+        let items = std::mem::take(&mut self.items);
+        let mut entries: Vec<Entry> = Vec::with_capacity(items.len() + self.links.len());
+        let mut by_inode: HashMap<(u64, u64), Vec<ImagePath>> = HashMap::new();
+        for (path, item) in items {
+            let meta = self.meta_for(&path, &item.kind);
+            let kind = match item.kind {
+                ItemKind::DiskFile {
+                    src,
+                    size,
+                    inode,
+                    nlink,
+                    ..
+                } => {
+                    if nlink > 1 {
+                        by_inode.entry(inode).or_default().push(path.clone());
+                    }
+                    EntryKind::File(FileSource::Disk { path: src, size })
+                }
+                ItemKind::Inline(b) => EntryKind::File(FileSource::Inline(b)),
                 ItemKind::Dir { .. } => EntryKind::Dir,
-                ItemKind::Symlink(t) => EntryKind::Symlink(t.clone()),
+                ItemKind::Symlink(t) => EntryKind::Symlink(t),
                 ItemKind::Fifo { .. } => EntryKind::Fifo,
-                ItemKind::Char { major, minor, .. } => EntryKind::CharDevice {
-                    major: *major,
-                    minor: *minor,
-                },
-                ItemKind::Block { major, minor, .. } => EntryKind::BlockDevice {
-                    major: *major,
-                    minor: *minor,
-                },
+                ItemKind::Char { major, minor, .. } => EntryKind::CharDevice { major, minor },
+                ItemKind::Block { major, minor, .. } => EntryKind::BlockDevice { major, minor },
             };
-            entries.insert(
-                path.clone(),
-                Entry {
-                    path: path.clone(),
-                    kind,
-                    meta,
-                },
-            );
+            entries.push(Entry { path, kind, meta });
         }
-        self.link_groups(&mut entries);
+        self.link_groups(&mut entries, by_inode);
         Ok(Recipe {
-            entries: entries.into_values().collect(),
+            entries,
             warnings: self.warnings,
         })
     }
@@ -602,40 +611,66 @@ impl RecipeBuilder {
         Ok(())
     }
 
+    /// Checks that every entry's parent is a directory and, with `parents`, adds the missing
+    /// ones. In path order a parent comes before its children, so checking each entry's
+    /// immediate parent covers every ancestor.
     fn add_parents(&mut self) -> Result<(), Error> {
-        let paths: Vec<ImagePath> = self
-            .items
-            .keys()
-            .chain(self.links.keys())
-            .cloned()
-            .collect();
-        for path in &paths {
-            for anc in path.ancestors() {
-                match self.items.get(&anc) {
+        let parent_origin: Arc<str> = Arc::from("parent directory");
+        let mut missing: Vec<ImagePath> = Vec::new();
+        let link_paths: Vec<&ImagePath> = self.links.keys().collect();
+        for path in self.items.keys().chain(link_paths) {
+            let Some(parent) = path.parent().filter(|p| !p.is_root()) else {
+                continue;
+            };
+            match self.items.get(&parent) {
+                Some(Item {
+                    kind: ItemKind::Dir { .. },
+                    ..
+                }) => {}
+                Some(other) => {
+                    return Err(Error::InvalidPath {
+                        path: path.to_string(),
+                        reason: format!(
+                            "its parent {parent} is a {} ({})",
+                            other.kind.describe(),
+                            other.origin
+                        ),
+                    });
+                }
+                None => missing.push(parent),
+            }
+        }
+        for dir in missing {
+            // Walk up until an existing ancestor; everything on the way becomes a directory.
+            let mut cur = Some(dir);
+            while let Some(d) = cur.filter(|d| !d.is_root()) {
+                match self.items.get(&d) {
                     Some(Item {
                         kind: ItemKind::Dir { .. },
                         ..
-                    }) => {}
+                    }) => break,
                     Some(other) => {
                         return Err(Error::InvalidPath {
-                            path: path.to_string(),
+                            path: d.to_string(),
                             reason: format!(
-                                "its parent {anc} is a {} ({})",
+                                "it is a {} ({}) but has entries under it",
                                 other.kind.describe(),
                                 other.origin
                             ),
                         });
                     }
-                    None if self.parents => {
-                        self.items.insert(
-                            anc,
-                            Item {
-                                kind: ItemKind::Dir { implicit: true },
-                                origin: "parent directory".to_owned(),
-                            },
-                        );
+                    None => {
+                        cur = d.parent();
+                        if self.parents {
+                            self.items.insert(
+                                d,
+                                Item {
+                                    kind: ItemKind::Dir { implicit: true },
+                                    origin: Arc::clone(&parent_origin),
+                                },
+                            );
+                        }
                     }
-                    None => {}
                 }
             }
         }
@@ -666,52 +701,59 @@ impl RecipeBuilder {
 
     /// Turns explicit hard links and files sharing an inode (with equal metadata) into groups;
     /// the first path of each group in tar order carries the content, the rest link to it.
-    fn link_groups(&self, entries: &mut BTreeMap<ImagePath, Entry>) {
-        let mut group_of: HashMap<ImagePath, usize> = HashMap::new();
-        let mut groups: Vec<Vec<ImagePath>> = Vec::new();
-        let mut by_inode: HashMap<((u64, u64), Meta), usize> = HashMap::new();
-        for (path, item) in &self.items {
-            if let ItemKind::DiskFile { inode, .. } = &item.kind {
-                let meta = entries[path].meta.clone();
-                let g = *by_inode.entry((*inode, meta)).or_insert_with(|| {
-                    groups.push(Vec::new());
-                    groups.len() - 1
-                });
-                groups[g].push(path.clone());
-                group_of.insert(path.clone(), g);
-            }
+    /// `entries` is sorted by path and stays so.
+    fn link_groups(&self, entries: &mut Vec<Entry>, by_inode: HashMap<(u64, u64), Vec<ImagePath>>) {
+        fn find(entries: &[Entry], p: &ImagePath) -> usize {
+            entries
+                .binary_search_by(|e| e.path.cmp(p))
+                .expect("group members are entries")
         }
-        for (path, (target, _)) in &self.links {
-            let g = *group_of.entry(target.clone()).or_insert_with(|| {
-                groups.push(vec![target.clone()]);
-                groups.len() - 1
-            });
-            groups[g].push(path.clone());
-            // A link is an entry with its target's content and metadata until grouping
-            // decides which name carries the content.
-            let mut e = entries[target].clone();
-            e.path = path.clone();
-            entries.insert(path.clone(), e);
+        // Same inode but different metadata cannot share one tar inode: split by metadata.
+        let mut groups: Vec<Vec<ImagePath>> = Vec::new();
+        for (_, paths) in by_inode {
+            let mut by_meta: Vec<(Meta, Vec<ImagePath>)> = Vec::new();
+            for p in paths {
+                let meta = &entries[find(entries, &p)].meta;
+                match by_meta.iter_mut().find(|(m, _)| m == meta) {
+                    Some((_, v)) => v.push(p),
+                    None => by_meta.push((meta.clone(), vec![p])),
+                }
+            }
+            groups.extend(by_meta.into_iter().map(|(_, v)| v));
+        }
+        let mut added = Vec::new();
+        for (link, (target, _)) in &self.links {
+            let g = match groups.iter().position(|g| g.contains(target)) {
+                Some(g) => g,
+                None => {
+                    groups.push(vec![target.clone()]);
+                    groups.len() - 1
+                }
+            };
+            groups[g].push(link.clone());
+            // Until grouping decides which name carries the content, a link is a copy of
+            // its target.
+            let mut e = entries[find(entries, target)].clone();
+            e.path = link.clone();
+            added.push(e);
+        }
+        if !added.is_empty() {
+            entries.extend(added);
+            entries.sort_by(|a, b| a.path.cmp(&b.path));
         }
         for mut members in groups.into_iter().filter(|g| g.len() > 1) {
             members.sort();
-            let first = members[0].clone();
-            let (content, meta) = members
-                .iter()
-                .find_map(|m| match &entries[m].kind {
-                    EntryKind::File(f) => Some((f.clone(), entries[m].meta.clone())),
-                    _ => None,
-                })
-                .expect("a link group holds a file");
-            for m in &members {
-                let e = entries.get_mut(m).expect("group member is an entry");
-                e.meta = meta.clone();
-                e.kind = if *m == first {
-                    EntryKind::File(content.clone())
-                } else {
-                    EntryKind::Hardlink(first.clone())
-                };
+            let first = find(entries, &members[0]);
+            let (content, meta) = match &entries[first].kind {
+                EntryKind::File(f) => (f.clone(), entries[first].meta.clone()),
+                _ => unreachable!("link groups hold regular files"),
+            };
+            for m in &members[1..] {
+                let i = find(entries, m);
+                entries[i].meta = meta.clone();
+                entries[i].kind = EntryKind::Hardlink(members[0].clone());
             }
+            entries[first].kind = EntryKind::File(content);
         }
     }
 }
@@ -789,10 +831,18 @@ mod tests {
 
     #[test]
     fn file_under_a_file_is_an_error() {
-        let mut b = RecipeBuilder::new(Defaults::new(0), true);
-        b.add_content(p("/a"), b"1").unwrap();
-        b.add_content(p("/a/b"), b"2").unwrap();
-        assert!(b.build().is_err());
+        for parents in [true, false] {
+            let mut b = RecipeBuilder::new(Defaults::new(0), parents);
+            b.add_content(p("/a"), b"1").unwrap();
+            b.add_content(p("/a/b"), b"2").unwrap();
+            assert!(b.build().is_err());
+            // Also when the file is further up than the immediate parent.
+            let mut b = RecipeBuilder::new(Defaults::new(0), parents);
+            b.add_content(p("/a"), b"1").unwrap();
+            b.add_content(p("/a/b/c"), b"2").unwrap();
+            let e = b.build().unwrap_err().to_string();
+            assert!(e.contains("/a"), "{e}");
+        }
     }
 
     #[test]

@@ -160,10 +160,16 @@ pub fn build_layer(
         }
     }
     let progress = ctx.reporter.layer_progress(label, total);
+    let started = std::time::Instant::now();
     let writer = store.blob_writer()?;
     let (writer, out) = gantry_layer::write_layer(plan, ctx.jobs, writer, progress.as_ref())
         .with_context(|| format!("cannot build {label}"))?;
+    let written = started.elapsed();
     let (digest, size) = writer.commit(None)?;
+    tracing::debug!(
+        "{label}: written in {written:.2?}, committed (fsync) in {:.2?}",
+        started.elapsed() - written
+    );
     let info = gantry_layer::layer_info(plan, &out, digest, size, Some(ctx.created()?));
     Ok((info, out))
 }
@@ -176,7 +182,9 @@ pub fn run(ctx: &Context, args: &LayerArgs) -> Result<LayerResult> {
         .as_ref()
         .map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
     // Everything is resolved and checked before the store is touched.
+    let started = std::time::Instant::now();
     let plan = spec.plan(&base_dir, ctx.source_date_epoch, &what)?;
+    tracing::debug!("layer planned in {:.2?}", started.elapsed());
     if let LayerSource::Tar { path, .. } | LayerSource::Artifact { path, .. } = &plan.source {
         fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     }
