@@ -607,3 +607,57 @@ mod tests {
         assert!(e.contains("l.tar.gz"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid_tar() -> Vec<u8> {
+        let mut spec: crate::LayerSpec = toml::from_str(
+            r#"content = { "/a/b" = "hello", "/c" = "world" }
+symlinks = { "/l" = "a/b" }
+hardlinks = { "/h" = "/c" }
+empty-dirs = ["/e"]
+metadata."/c" = { xattrs = { "user.x" = "y" }, uid = 3000000 }"#,
+        )
+        .unwrap();
+        spec.compression = Some("none".into());
+        let plan = spec.plan(Path::new("."), 0, "t").unwrap();
+        let (out, _) = crate::write_layer(&plan, 1, Vec::new(), &crate::NoProgress).unwrap();
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        // Hostile input never panics the validator: it is accepted or refused.
+        #[test]
+        fn mutated_tars_never_panic(flips in proptest::collection::vec((0usize..6144, any::<u8>()), 1..8),
+                                    cut in 0usize..6144) {
+            let mut t = valid_tar();
+            for (i, b) in flips {
+                let n = t.len();
+                t[i % n] = b;
+            }
+            t.truncate(cut.max(1).min(t.len()));
+            let _ = walk_tar(Box::new(&t[..]), "fuzz", |_, _| Ok(()));
+        }
+
+        #[test]
+        fn mutated_compressed_streams_never_panic(flips in proptest::collection::vec((0usize..4096, any::<u8>()), 1..8),
+                                                  zstd in any::<bool>()) {
+            let c = if zstd { Compression::Zstd } else { Compression::Gzip };
+            let (mut z, ()) = crate::Compressor::new(c)
+                .compress(1, Vec::new(), |w| w.write_all(&valid_tar()).map_err(crate::Error::Output))
+                .unwrap();
+            for (i, b) in flips {
+                let n = z.len();
+                z[i % n] = b;
+            }
+            if let Ok(r) = decoder(&z[..], c) {
+                let _ = walk_tar(r, "fuzz", |_, _| Ok(()));
+            }
+        }
+    }
+}

@@ -271,3 +271,28 @@ mod tests {
         assert!(e.to_string().contains("schema 1"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Arbitrary bytes and mutated manifests are parsed or refused, never a panic.
+        #[test]
+        fn documents_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_document(&bytes, None, "fuzz");
+            let _ = crate::ImageConfig::parse(&bytes, "fuzz");
+        }
+
+        #[test]
+        fn mutated_manifests_never_panic(i in 0usize..400, b in any::<u8>()) {
+            let d = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+            let m = format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":-0}}]}}"#);
+            let mut bytes = m.into_bytes();
+            let n = bytes.len();
+            bytes[i % n] = b;
+            let _ = parse_document(&bytes, Some(crate::media_types::OCI_MANIFEST), "fuzz");
+        }
+    }
+}

@@ -282,3 +282,75 @@ fn artifact_manifest_with_an_empty_config() {
         gantry_test::sha256_file(&t.path("sbom.spdx.json")).as_str()
     );
 }
+
+/// A layout holding a Docker schema 2 manifest (as `docker save`-derived tools and older
+/// registries produce) works as a base; the new manifest uses OCI media types for the same
+/// blobs.
+#[test]
+fn docker_schema2_base_is_read_and_converted() {
+    let t = crate::env();
+    t.run(&["layer", "--content", "/d=docker\n", "--info", "l.json"]);
+    let oci = json(&t.run(&[
+        "image",
+        "--layer",
+        "l.json",
+        "--env",
+        "FROM=docker",
+        "-o",
+        "base",
+    ]));
+    let blobs = t.path("base/blobs/sha256");
+    let docker = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": oci["config"]["digest"],
+            "size": oci["config"]["size"],
+        },
+        "layers": [{
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "digest": oci["layers"][0]["digest"],
+            "size": oci["layers"][0]["size"],
+        }],
+    });
+    let bytes = serde_json::to_vec(&docker).unwrap();
+    let d = Digest::sha256(&bytes);
+    fs::write(blobs.join(d.hex()), &bytes).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "digest": d.to_string(),
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "docker"},
+        }],
+    });
+    fs::write(
+        t.path("base/index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+
+    t.run(&["layer", "--content", "/o=oci\n", "--info", "o.json"]);
+    let img = json(&t.run(&[
+        "image",
+        "--base",
+        "base:docker",
+        "--layer",
+        "o.json",
+        "-o",
+        "out",
+    ]));
+    assert_eq!(img["layers"][0]["digest"], oci["layers"][0]["digest"]);
+    assert_eq!(
+        img["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let i = inspect(&t, "out");
+    assert_eq!(i["config"]["config"]["Env"][0], "FROM=docker");
+    assert_eq!(
+        i["manifest"]["annotations"]["org.opencontainers.image.base.digest"],
+        d.to_string().as_str()
+    );
+}
