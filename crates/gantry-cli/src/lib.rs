@@ -103,10 +103,13 @@ pub struct LayerArgs {
     #[arg(long, value_name = "OCTAL")]
     pub dir_mode: Option<String>,
     /// Default owner id (default 0).
-    #[arg(long)]
+    //
+    // `allow_negative_numbers` here and below: `--uid -1` is a bad value of --uid and
+    // `--mtime -5` a valid one, not an unknown flag `-1` or `-5`.
+    #[arg(long, allow_negative_numbers = true)]
     pub uid: Option<u32>,
     /// Default group id (default 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub gid: Option<u32>,
     /// Default owner name.
     #[arg(long)]
@@ -115,7 +118,7 @@ pub struct LayerArgs {
     #[arg(long)]
     pub gname: Option<String>,
     /// Default mtime: epoch seconds or RFC 3339 (default SOURCE_DATE_EPOCH, else 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub mtime: Option<String>,
     /// Metadata for one path: IMAGE_PATH=JSON, e.g. /app/run='{"mode":"0755","uid":1000}'.
     #[arg(long = "metadata", value_name = "PATH=JSON")]
@@ -127,7 +130,7 @@ pub struct LayerArgs {
     #[arg(long, value_name = "NAME")]
     pub compression: Option<String>,
     /// Compression level (gzip 1-12, zstd 1-19).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub level: Option<i32>,
     /// Use an existing tar (plain, gzip or zstd) as the layer.
     #[arg(long, value_name = "FILE")]

@@ -51,17 +51,18 @@ pub fn parse_env(item: &str) -> Result<(String, String), Error> {
     let (k, v) = item
         .split_once('=')
         .ok_or_else(|| bad("env", item, "expected KEY=VALUE"))?;
-    validate_env_key(k)?;
+    // Name the whole item: for `=x` the key alone would be an empty string.
+    check_env_key(k).map_err(|reason| bad("env", item, reason))?;
     Ok((k.to_owned(), v.to_owned()))
 }
 
 fn validate_env_key(k: &str) -> Result<(), Error> {
+    check_env_key(k).map_err(|reason| bad("env", k, reason))
+}
+
+fn check_env_key(k: &str) -> Result<(), &'static str> {
     if k.is_empty() || k.contains(['=', '\0']) || k.chars().any(char::is_whitespace) {
-        return Err(bad(
-            "env",
-            k,
-            "names must be non-empty, without '=', NUL or spaces",
-        ));
+        return Err("names must be non-empty, without '=', NUL or spaces");
     }
     Ok(())
 }
@@ -259,7 +260,9 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         assert!(parse_env("NOEQUALS").is_err());
-        assert!(parse_env("=x").is_err());
+        // The error names the whole item, not just its (empty) key.
+        let e = parse_env("=x").unwrap_err().to_string();
+        assert!(e.contains("\"=x\""), "{e}");
         assert!(normalize_port("0").is_err());
         assert!(normalize_port("70000/tcp").is_err());
         assert!(normalize_port("80/icmp").is_err());

@@ -201,10 +201,17 @@ pub fn walk_tar<'b>(
     })
 }
 
+/// What the tar crate says (as `ErrorKind::Other`) when its input ends inside an entry's data
+/// or inside a header.
+const TAR_EOF_MESSAGES: &[&str] = &["unexpected EOF during skip", "failed to read entire block"];
+
 fn io_reason(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof => "truncated (unexpected end of data)".to_owned(),
-        _ => format!("corrupt: {e}"),
+    let tar_eof =
+        e.kind() == io::ErrorKind::Other && TAR_EOF_MESSAGES.contains(&e.to_string().as_str());
+    if e.kind() == io::ErrorKind::UnexpectedEof || tar_eof {
+        "truncated (unexpected end of data)".to_owned()
+    } else {
+        format!("corrupt: {e}")
     }
 }
 
@@ -552,11 +559,13 @@ mod tests {
 
     #[test]
     fn refuses_truncation_and_trailing_data() {
-        let t = tar_of(&[("a", &[7u8; 2000])]);
-        // Cut inside the data.
-        assert!(walk(&t[..1200]).is_err());
-        // Cut right after the data: no end marker.
-        assert!(walk(&t[..512 + 2048]).is_err());
+        let t = tar_of(&[("a", &[7u8; 2000]), ("b", b"x")]);
+        // Cut inside the data, inside the second header, and right after the last data (no
+        // end marker): each is reported as truncated, not as some other corruption.
+        for cut in [1200, 512 + 2048 + 100, 512 + 2048 + 512 + 512] {
+            let e = walk(&t[..cut]).unwrap_err().to_string();
+            assert!(e.contains("truncated"), "cut at {cut}: {e}");
+        }
         // Garbage after the end marker.
         let mut g = t.clone();
         g.extend_from_slice(b"junk");

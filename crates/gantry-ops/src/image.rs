@@ -11,7 +11,7 @@ use gantry_layer::LayerInfo;
 use gantry_oci::Platform;
 
 use crate::Context;
-use crate::util::{parse_argv, split_pair, write_atomic};
+use crate::util::{check_output_file, parse_argv, split_pair, write_atomic};
 
 /// What `gantry image` made.
 #[derive(Debug, Clone)]
@@ -118,6 +118,10 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
         .map(|l| parse_layer_arg(ctx, l))
         .collect::<Result<_>>()?;
     let output = ctx.abs(&args.output);
+    let metadata_path = args.metadata.as_ref().map(|p| ctx.abs(p));
+    if let Some(p) = &metadata_path {
+        check_output_file("--metadata", p)?;
+    }
     let created = ctx.created()?;
 
     let mut image = Image::from_base(&base, &platform, args.platform.is_some())
@@ -146,12 +150,14 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
     edits.apply(&mut image.config)?;
 
     let built = image.build(&created)?;
-    // Manifest and config go into the store too, so that the output ref roots the layers.
-    store.put_bytes(&built.config_bytes)?;
-    store.put_bytes(&built.manifest_bytes)?;
     built
         .write_layout(&store, &output, Some(&args.tag))
         .with_context(|| format!("cannot write the layout {}", output.display()))?;
+    // Manifest and config go into the store too, so that the output ref roots the layers. Only
+    // now: a layout that cannot be written (a corrupt base blob, an output in the way) leaves
+    // the store as it was. gc cannot run in between, as the open store holds its shared lock.
+    store.put_bytes(&built.config_bytes)?;
+    store.put_bytes(&built.manifest_bytes)?;
     store.set_ref(
         "image",
         &output.to_string_lossy(),
@@ -160,7 +166,6 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
     )?;
 
     let metadata = built.metadata(Some(&args.tag));
-    let metadata_path = args.metadata.as_ref().map(|p| ctx.abs(p));
     if let Some(p) = &metadata_path {
         write_atomic(p, &gantry_oci::json::to_canonical_vec(&metadata))?;
     }

@@ -12,7 +12,7 @@ use gantry_layer::{LayerInfo, LayerOutput, LayerPlan, LayerSource, LayerSpec};
 use gantry_store::Store;
 
 use crate::Context;
-use crate::util::{split_pair, write_atomic};
+use crate::util::{check_output_file, split_pair, write_atomic};
 
 /// What `gantry layer` made.
 #[derive(Debug, Clone)]
@@ -188,15 +188,21 @@ pub fn run(ctx: &Context, args: &LayerArgs) -> Result<LayerResult> {
     if let LayerSource::Tar { path, .. } | LayerSource::Artifact { path, .. } = &plan.source {
         fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     }
+    let output = args.output.as_ref().map(|p| ctx.abs(p));
+    if let Some(o) = &output {
+        check_output_file("--output", o)?;
+    }
+    let info_path = args.info.as_ref().map(|p| ctx.abs(p));
+    if let Some(p) = &info_path {
+        check_output_file("--info", p)?;
+    }
     let store = ctx.store()?;
     let (info, out) = build_layer(ctx, &store, &plan, "layer")?;
 
-    let output = args.output.as_ref().map(|p| ctx.abs(p));
     if let Some(o) = &output {
         export_blob(&store, &info, o)?;
         store.set_ref("layer", &o.to_string_lossy(), &info.descriptor(), Some(o))?;
     }
-    let info_path = args.info.as_ref().map(|p| ctx.abs(p));
     if let Some(p) = &info_path {
         write_atomic(p, &info.to_json())?;
         store.set_ref("layer", &p.to_string_lossy(), &info.descriptor(), Some(p))?;

@@ -12,6 +12,30 @@ pub(crate) fn split_pair<'a>(flag: &str, item: &'a str) -> Result<(&'a str, &'a 
     }
 }
 
+/// Checks, before any work is done, that `path` (given with `flag`) can be written as a file:
+/// it names a file, is not a directory, and its parent directory exists. Catching this early
+/// keeps a command that would fail at the end from writing to the store first.
+pub(crate) fn check_output_file(flag: &str, path: &Path) -> Result<()> {
+    if path.file_name().is_none() {
+        bail!("{flag} {}: not a file path", path.display());
+    }
+    if path.is_dir() {
+        bail!("{flag} {}: is a directory", path.display());
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "{flag} {}: {} is not a directory",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically (temp file in the same directory, then rename), so a
 /// reader never sees half a file and a failure leaves the old file.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -77,6 +101,18 @@ mod tests {
             ["sh", "-c"]
         );
         assert!(parse_argv("--cmd", &["[1,2]".into()]).is_err());
+    }
+
+    #[test]
+    fn output_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("out.json");
+        check_output_file("--info", &ok).unwrap();
+        let e = check_output_file("--info", dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let e = check_output_file("-o", &dir.path().join("missing/out.tgz")).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert!(check_output_file("-o", Path::new("/")).is_err());
     }
 
     #[test]

@@ -429,7 +429,9 @@ impl LayoutWriter {
             return Ok(());
         }
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        self.copy_blob(file, desc, &path.display().to_string())
+        // Name the digest too: a size mismatch error names only this source.
+        let source = format!("blob {} at {}", desc.digest, path.display());
+        self.copy_blob(file, desc, &source)
     }
 
     /// Adds a blob by copying `reader`, verified against `desc` (at most `size + 1` bytes are

@@ -26,9 +26,16 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err}");
+            let mut previous = err.to_string();
+            eprintln!("error: {previous}");
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                // Many errors include their source in their own message ("cannot read X: No
+                // such file or directory"); do not say it twice.
+                if !previous.ends_with(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                previous = text;
             }
             ExitCode::FAILURE
         }

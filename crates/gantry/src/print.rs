@@ -66,11 +66,12 @@ pub(crate) fn image(r: &ImageResult, quiet: bool) -> Result<()> {
         Some(_) => writeln!(out, "{}", r.metadata.manifest.digest)?,
     }
     if !quiet {
+        let n = r.metadata.layers.len();
         eprintln!(
-            "image {} ({}, {} layers) written to {}:{}",
+            "image {} ({}, {n} layer{}) written to {}:{}",
             r.metadata.manifest.digest,
             r.metadata.platform,
-            r.metadata.layers.len(),
+            if n == 1 { "" } else { "s" },
             r.output.display(),
             r.metadata.tag.as_deref().unwrap_or("")
         );

@@ -467,11 +467,9 @@ fn blobs_from_files_and_readers_are_verified() {
     let out = dir.path().join("out");
     let mut w = LayoutWriter::new(&out).unwrap();
     for bad in [&wrong, &short] {
-        let err = w.add_blob_from_file(&source, bad).unwrap_err();
-        assert!(
-            err.to_string().contains(&source.display().to_string()),
-            "{err}"
-        );
+        let err = w.add_blob_from_file(&source, bad).unwrap_err().to_string();
+        assert!(err.contains(&source.display().to_string()), "{err}");
+        assert!(err.contains(&bad.digest.to_string()), "{err}");
         let err = w.add_blob_from_reader(&b"content"[..], bad).unwrap_err();
         assert!(matches!(err, Error::Oci(_)), "{err}");
     }
