@@ -77,7 +77,7 @@ impl Base {
             let d = Digest::parse(digest).map_err(|e| bad(&e.to_string()))?;
             (dir, Selector::Digest(d))
         } else if let Some((dir, tag)) = rest.split_once(':') {
-            gantry_oci::validate_tag(tag).map_err(|r| bad(&r))?;
+            gantry_oci::validate_ref_name(tag).map_err(|r| bad(&r))?;
             (dir, Selector::Tag(tag.to_owned()))
         } else {
             (rest, Selector::Only)

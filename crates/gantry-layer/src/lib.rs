@@ -29,7 +29,7 @@ pub use compress::{Compressor, GZIP_BLOCK_SIZE};
 pub use error::Error;
 pub use info::LayerInfo;
 pub use path::ImagePath;
-pub use recipe::{Entry, EntryKind, FileSource, Recipe, RecipeBuilder, TreeFilter};
+pub use recipe::{Entry, EntryKind, FileSource, Preserve, Recipe, RecipeBuilder, TreeFilter};
 pub use spec::{LayerPlan, LayerSource, LayerSpec};
 pub use tarread::{ImportedTar, ListedEntry, TarImport};
 

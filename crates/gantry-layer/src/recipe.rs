@@ -109,6 +109,68 @@ impl Recipe {
     }
 }
 
+/// Which metadata to take from the sources on disk instead of the layer defaults. Off by
+/// default: source modes depend on the umask, owners on who checked the files out, mtimes on
+/// when; taking them makes the layer only as reproducible as the source tree. For packaging a
+/// prepared root filesystem (Yocto under pseudo, a debootstrap tree) it is what is wanted.
+/// Per-path metadata still wins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Preserve {
+    /// Permission bits, including setuid, setgid and sticky (not for symlinks).
+    pub mode: bool,
+    /// Numeric uid and gid.
+    pub owner: bool,
+    /// Modification time (whole seconds).
+    pub mtime: bool,
+}
+
+impl Preserve {
+    /// Parses names: `mode`, `owner`, `mtime`.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, Error> {
+        let mut p = Preserve::default();
+        for n in names {
+            match n.as_ref() {
+                "mode" => p.mode = true,
+                "owner" => p.owner = true,
+                "mtime" => p.mtime = true,
+                other => {
+                    return Err(Error::InvalidMetadata {
+                        path: "layer".to_owned(),
+                        field: "preserve",
+                        value: other.to_owned(),
+                        reason: "known values are mode, owner and mtime".to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn any(self) -> bool {
+        self.mode || self.owner || self.mtime
+    }
+}
+
+/// Metadata of a source on disk, kept only when something is preserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SourceMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+}
+
+impl SourceMeta {
+    fn of(md: &fs::Metadata) -> Self {
+        SourceMeta {
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.mtime(),
+        }
+    }
+}
+
 /// Include and exclude globs for a directory tree. A pattern without `/` matches an entry's
 /// name at any depth (`*.pyc`); a pattern with `/` matches the path relative to the tree root
 /// (`docs/**`). `*` never crosses `/`; `**` does.
@@ -233,6 +295,8 @@ pub struct RecipeBuilder {
     links: BTreeMap<ImagePath, (ImagePath, String)>,
     metadata: BTreeMap<ImagePath, MetaOverride>,
     warnings: Vec<String>,
+    preserve: Preserve,
+    source_meta: HashMap<ImagePath, SourceMeta>,
 }
 
 impl RecipeBuilder {
@@ -245,6 +309,20 @@ impl RecipeBuilder {
             links: BTreeMap::new(),
             metadata: BTreeMap::new(),
             warnings: Vec::new(),
+            preserve: Preserve::default(),
+            source_meta: HashMap::new(),
+        }
+    }
+
+    /// Takes the given metadata from the sources on disk (see [`Preserve`]). Call before
+    /// adding sources.
+    pub fn preserve(&mut self, p: Preserve) {
+        self.preserve = p;
+    }
+
+    fn note_source(&mut self, path: &ImagePath, md: &fs::Metadata) {
+        if self.preserve.any() {
+            self.source_meta.insert(path.clone(), SourceMeta::of(md));
         }
     }
 
@@ -307,6 +385,7 @@ impl RecipeBuilder {
             });
         }
         let origin: Arc<str> = Arc::from(format!("file {}", src.display()));
+        self.note_source(&dest, &md);
         self.insert(
             dest,
             ItemKind::DiskFile {
@@ -340,6 +419,7 @@ impl RecipeBuilder {
         }
         let origin: Arc<str> = Arc::from(format!("directory {}", src.display()));
         if !dest.is_root() {
+            self.note_source(&dest, &md);
             self.insert(dest.clone(), ItemKind::Dir { implicit: false }, &origin)?;
         }
         let mut walk = walkdir::WalkDir::new(src)
@@ -375,6 +455,15 @@ impl RecipeBuilder {
             let path = dest.join_relative(rel.as_os_str().as_bytes())?;
             let kind = self.tree_item(entry.path(), &ft)?;
             let Some(kind) = kind else { continue };
+            if self.preserve.any() {
+                let md = entry.metadata().map_err(|e| Error::Source {
+                    path: entry.path().to_owned(),
+                    source: e
+                        .into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("stat")),
+                })?;
+                self.note_source(&path, &md);
+            }
             // Directories between the tree root and this entry belong to the tree. Without an
             // include filter the walk has already added them (it yields parents first).
             if filter.include.is_some() {
@@ -693,6 +782,19 @@ impl RecipeBuilder {
             | ItemKind::Char { mode, .. }
             | ItemKind::Block { mode, .. } => d.base(*mode),
         };
+        if let Some(src) = self.source_meta.get(path) {
+            let p = self.preserve;
+            if p.mode && !matches!(kind, ItemKind::Symlink(_)) {
+                meta.mode = src.mode;
+            }
+            if p.owner {
+                meta.uid = src.uid;
+                meta.gid = src.gid;
+            }
+            if p.mtime {
+                meta.mtime = src.mtime;
+            }
+        }
         if let Some(o) = self.metadata.get(path) {
             o.apply(&mut meta);
         }
@@ -958,6 +1060,53 @@ mod tests {
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn preserve_takes_mode_owner_and_mtime_from_disk() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("rootfs");
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::write(root.join("shadow"), "x").unwrap();
+        fs::set_permissions(root.join("shadow"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::symlink("shadow", root.join("link")).unwrap();
+        filetime_set(&root.join("shadow"), 1_234_567_890);
+        let build = |keep: Preserve| {
+            let mut b = RecipeBuilder::new(Defaults::new(7), true);
+            b.preserve(keep);
+            b.add_tree(ImagePath::root(), &root, &TreeFilter::default())
+                .unwrap();
+            let r = b.build().unwrap();
+            let get = |name: &str| {
+                let e = r.entries.iter().find(|e| e.path == p(name)).unwrap();
+                (e.meta.mode, e.meta.mtime)
+            };
+            (get("/tmp"), get("/shadow"), get("/link"))
+        };
+        // By default: modes from the exec bit, times from the defaults.
+        assert_eq!(
+            build(Preserve::default()),
+            ((0o755, 7), (0o644, 7), (0o777, 7))
+        );
+        let all = Preserve::parse(&["mode", "mtime"]).unwrap();
+        let (tmp, shadow, link) = build(all);
+        assert_eq!(tmp.0, 0o1777);
+        assert_eq!(shadow, (0o640, 1_234_567_890));
+        // A symlink keeps 0777 whatever is preserved.
+        assert_eq!(link.0, 0o777);
+        assert!(Preserve::parse(&["perms"]).is_err());
+    }
+
+    fn filetime_set(p: &Path, secs: i64) {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
     }
 
     #[test]

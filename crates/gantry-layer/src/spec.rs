@@ -10,7 +10,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::meta::{Defaults, DefaultsSpec, MetaSpec};
-use crate::recipe::{RecipeBuilder, TreeFilter};
+use crate::recipe::{Preserve, RecipeBuilder, TreeFilter};
 use crate::tarread::TarImport;
 use crate::{Compressor, Error, ImagePath, Recipe};
 
@@ -50,6 +50,9 @@ pub struct LayerSpec {
     pub metadata: BTreeMap<String, MetaSpec>,
     /// Create missing parent directories (default true).
     pub parents: Option<bool>,
+    /// Metadata taken from the sources on disk: `mode`, `owner`, `mtime` (default none).
+    #[serde(default)]
+    pub preserve: Vec<String>,
     /// `gzip`, `zstd` or `none`.
     pub compression: Option<String>,
     /// Compression level.
@@ -255,7 +258,30 @@ impl LayerSpec {
 
     fn recipe(&self, base_dir: &Path, mtime: i64) -> Result<Recipe, Error> {
         let defaults = Defaults::from_spec(&self.defaults, mtime)?;
+        let preserve = Preserve::parse(&self.preserve)?;
+        let d = &self.defaults;
+        for (kept, default_set, what) in [
+            (
+                preserve.mode,
+                d.mode.is_some() || d.dir_mode.is_some(),
+                "mode",
+            ),
+            (preserve.owner, d.uid.is_some() || d.gid.is_some(), "owner"),
+            (preserve.mtime, d.mtime.is_some(), "mtime"),
+        ] {
+            if kept && default_set {
+                return Err(Error::InvalidMetadata {
+                    path: "layer defaults".to_owned(),
+                    field: "preserve",
+                    value: what.to_owned(),
+                    reason: format!(
+                        "the {what} is both preserved from the sources and set by defaults; choose one"
+                    ),
+                });
+            }
+        }
         let mut b = RecipeBuilder::new(defaults, self.parents.unwrap_or(true));
+        b.preserve(preserve);
         for (dest, src) in &self.files {
             b.add_file(ImagePath::parse(dest)?, &base_dir.join(src))?;
         }

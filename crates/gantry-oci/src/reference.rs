@@ -170,6 +170,44 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a tag inside an OCI layout (`org.opencontainers.image.ref.name`), whose grammar is
+/// wider than a registry tag's: components of letters and digits joined by `-`, `.`, `_`, `:`,
+/// `@`, `+` or `--`, separated by `/` (`1.0+git`, `v1/debug`).
+pub fn validate_ref_name(name: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "layout tag {name:?} must be letters and digits joined by '-', '.', '_', ':', '@', \
+             '+' or '--', in '/'-separated components"
+        )
+    };
+    if name.is_empty() || name.len() > 255 {
+        return Err(bad());
+    }
+    for component in name.split('/') {
+        let b = component.as_bytes();
+        if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric()
+        {
+            return Err(bad());
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if b[i].is_ascii_alphanumeric() {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && !b[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            let sep = &component[start..i];
+            if !(sep == "--" || (sep.len() == 1 && "-._:@+".contains(sep))) {
+                return Err(bad());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate_domain(domain: &str) -> Result<(), String> {
     let (host, port) = if let Some(rest) = domain.strip_prefix('[') {
         let (h, after) = rest
@@ -316,6 +354,23 @@ mod tests {
             "registry.example.com:99999999/app",
         ] {
             assert!(Reference::parse(s).is_err(), "{s:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn layout_ref_names_follow_the_oci_grammar() {
+        for ok in [
+            "latest",
+            "1.0+git20240101",
+            "v1/debug",
+            "a:b",
+            "x--y",
+            "A_B.c-d@e",
+        ] {
+            assert!(validate_ref_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "x-", "a//b", "a b", "a+-b", "a---b", "/a", "ü"] {
+            assert!(validate_ref_name(bad).is_err(), "{bad}");
         }
     }
 

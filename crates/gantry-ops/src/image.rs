@@ -103,7 +103,7 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    gantry_oci::validate_tag(&args.tag).map_err(|r| anyhow::anyhow!("--tag: {r}"))?;
+    gantry_oci::validate_ref_name(&args.tag).map_err(|r| anyhow::anyhow!("--tag: {r}"))?;
     let edits = edits_from_args(args)?;
     let annotations = parse_kv_map("--annotation", &args.annotations)?;
     if let Some(t) = &args.artifact_type {

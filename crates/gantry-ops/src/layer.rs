@@ -106,6 +106,7 @@ pub fn spec_from_args(ctx: &Context, args: &LayerArgs) -> Result<(LayerSpec, Pat
     if args.no_parents {
         spec.parents = Some(false);
     }
+    spec.preserve.extend(args.preserve.iter().cloned());
     if args.compression.is_some() {
         spec.compression.clone_from(&args.compression);
     }

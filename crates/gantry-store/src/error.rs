@@ -59,9 +59,9 @@ pub enum Error {
         actual: Digest,
     },
     /// Content whose length differs from the expected size.
-    #[error("{what} is {} bytes long, expected {expected}", match actual {
-        Some(n) => n.to_string(),
-        None => "more than that".to_owned(),
+    #[error("{what} is {}", match actual {
+        Some(n) => format!("{n} bytes long, expected {expected}"),
+        None => format!("longer than the expected {expected} bytes"),
     })]
     SizeMismatch {
         /// The content (which blob, from where).

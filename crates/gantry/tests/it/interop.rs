@@ -392,3 +392,66 @@ fn busybox_image_runs_under_runc() {
         .ok();
     assert_eq!(out.stdout.trim(), "hello from a gantry image");
 }
+
+/// Packaging a prepared root filesystem: `--preserve mode,owner,mtime` keeps setuid bits, the
+/// sticky /tmp, owners and times, and umoci unpacks them as they were.
+#[test]
+fn preserved_rootfs_metadata_survives_umoci_unpack() {
+    let t = crate::env();
+    t.write("rootfs/usr/bin/su", "#!/bin/sh\n");
+    t.chmod("rootfs/usr/bin/su", 0o4755);
+    fs::create_dir_all(t.path("rootfs/tmp")).unwrap();
+    t.chmod("rootfs/tmp", 0o1777);
+    t.write("rootfs/home/alice/.profile", "export A=1\n");
+    t.chmod("rootfs/home/alice/.profile", 0o600);
+    std::os::unix::fs::chown(t.path("rootfs/home/alice"), Some(1234), Some(1234)).unwrap();
+    std::os::unix::fs::chown(t.path("rootfs/home/alice/.profile"), Some(1234), Some(1234)).unwrap();
+    gantry_test::sh("touch -d @1500000000 rootfs/home/alice/.profile", &[])
+        .current_dir(t.root())
+        .ok();
+    t.run(&[
+        "layer",
+        "--dir",
+        "/=rootfs",
+        "--preserve",
+        "mode,owner,mtime",
+        "--info",
+        "root.json",
+    ]);
+    t.run(&["image", "--layer", "root.json", "-o", "out", "-t", "v1"]);
+    tool("umoci")
+        .args(["unpack", "--image", "out:v1"])
+        .arg(t.path("bundle"))
+        .current_dir(t.root())
+        .ok();
+    let rootfs = t.path("bundle/rootfs");
+    let md = |p: &str| fs::symlink_metadata(rootfs.join(p)).unwrap();
+    assert_eq!(md("usr/bin/su").mode() & 0o7777, 0o4755);
+    assert_eq!(md("tmp").mode() & 0o7777, 0o1777);
+    let profile = md("home/alice/.profile");
+    assert_eq!(
+        (profile.mode() & 0o7777, profile.uid(), profile.gid()),
+        (0o600, 1234, 1234)
+    );
+    assert_eq!(profile.mtime(), 1_500_000_000);
+    assert_eq!(md("home/alice").uid(), 1234);
+    // Without --preserve the same tree gives the reproducible defaults.
+    let plain = t.run(&[
+        "layer",
+        "--dir",
+        "/=rootfs",
+        "--compression",
+        "none",
+        "-o",
+        "p.tar",
+    ]);
+    let _ = plain;
+    let ls = t.run(&["ls", "--json", "p.tar"]);
+    let su = ls
+        .lines()
+        .map(json)
+        .find(|r| r["path"] == "/usr/bin/su")
+        .unwrap();
+    assert_eq!(su["mode"], "0755");
+    assert_eq!(su["uid"], 0);
+}
