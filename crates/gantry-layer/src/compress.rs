@@ -158,6 +158,28 @@ impl std::fmt::Display for Compressor {
 type Member = io::Result<Vec<u8>>;
 type Job = (Vec<u8>, SyncSender<Member>);
 
+/// Recycled block buffers. Without it every 1 MiB block is a fresh allocation, which glibc
+/// serves with mmap, and every page of it faults on first touch: measurable system time.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn get(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK_SIZE))
+    }
+
+    fn put(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if let Ok(mut v) = self.0.lock() {
+            v.push(buf);
+        }
+    }
+}
+
 fn gzip_parallel<W, T>(
     level: i32,
     jobs: usize,
@@ -171,22 +193,29 @@ where
         name: format!("gzip level {level}"),
         reason: "libdeflate levels are 1..=12".to_owned(),
     })?;
+    // Input blocks go producer → worker → back to `inputs`; compressed members go
+    // worker → writer → back to `outputs`.
+    let inputs = Pool::default();
+    let outputs = Pool::default();
     std::thread::scope(|scope| {
         let (job_tx, job_rx) = sync_channel::<Job>(jobs);
         let job_rx = Arc::new(Mutex::new(job_rx));
         for _ in 0..jobs {
             let job_rx = Arc::clone(&job_rx);
-            scope.spawn(move || compress_worker(lvl, &job_rx));
+            let (inputs, outputs) = (&inputs, &outputs);
+            scope.spawn(move || compress_worker(lvl, &job_rx, inputs, outputs));
         }
         // Bounded: at most this many blocks are in flight, which bounds memory.
         let (order_tx, order_rx) = sync_channel::<Receiver<Member>>(jobs * 2 + 1);
-        let writer = scope.spawn(move || write_in_order(sink, &order_rx));
+        let outputs_ref = &outputs;
+        let writer = scope.spawn(move || write_in_order(sink, &order_rx, outputs_ref));
 
         let mut blocks = BlockWriter {
-            buf: Vec::with_capacity(GZIP_BLOCK_SIZE),
+            buf: inputs.get(),
             job_tx,
             order_tx,
             sent_any: false,
+            pool: &inputs,
         };
         let produced = produce(&mut blocks);
         let flushed = blocks.finish();
@@ -201,12 +230,18 @@ where
     })
 }
 
-fn compress_worker(lvl: libdeflater::CompressionLvl, jobs: &Mutex<Receiver<Job>>) {
+fn compress_worker(
+    lvl: libdeflater::CompressionLvl,
+    jobs: &Mutex<Receiver<Job>>,
+    inputs: &Pool,
+    outputs: &Pool,
+) {
     let mut c = libdeflater::Compressor::new(lvl);
     loop {
         let next = jobs.lock().map(|rx| rx.recv());
         let Ok(Ok((block, reply))) = next else { return };
-        let mut out = vec![0u8; c.gzip_compress_bound(block.len())];
+        let mut out = outputs.get();
+        out.resize(c.gzip_compress_bound(block.len()), 0);
         let member = c
             .gzip_compress(&block, &mut out)
             .map(|n| {
@@ -214,32 +249,39 @@ fn compress_worker(lvl: libdeflater::CompressionLvl, jobs: &Mutex<Receiver<Job>>
                 out
             })
             .map_err(|e| io::Error::other(format!("libdeflate: {e:?}")));
+        inputs.put(block);
         // The receiver is gone only if the whole pipeline is shutting down.
         let _ = reply.send(member);
     }
 }
 
-fn write_in_order<W: Write>(mut sink: W, order: &Receiver<Receiver<Member>>) -> io::Result<W> {
+fn write_in_order<W: Write>(
+    mut sink: W,
+    order: &Receiver<Receiver<Member>>,
+    outputs: &Pool,
+) -> io::Result<W> {
     for slot in order {
         let member = slot
             .recv()
             .map_err(|_| io::Error::other("a gzip worker stopped"))??;
         sink.write_all(&member)?;
+        outputs.put(member);
     }
     sink.flush()?;
     Ok(sink)
 }
 
-struct BlockWriter {
+struct BlockWriter<'p> {
     buf: Vec<u8>,
     job_tx: SyncSender<Job>,
     order_tx: SyncSender<Receiver<Member>>,
     sent_any: bool,
+    pool: &'p Pool,
 }
 
-impl BlockWriter {
+impl BlockWriter<'_> {
     fn send(&mut self) -> io::Result<()> {
-        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(GZIP_BLOCK_SIZE));
+        let block = std::mem::replace(&mut self.buf, self.pool.get());
         let (tx, rx) = sync_channel(1);
         let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "gzip pipeline stopped");
         self.order_tx.send(rx).map_err(|_| closed())?;
@@ -258,7 +300,7 @@ impl BlockWriter {
     }
 }
 
-impl Write for BlockWriter {
+impl Write for BlockWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let room = GZIP_BLOCK_SIZE - self.buf.len();
         let n = room.min(data.len());
