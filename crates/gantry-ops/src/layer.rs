@@ -12,7 +12,7 @@ use gantry_layer::{LayerInfo, LayerOutput, LayerPlan, LayerSource, LayerSpec};
 use gantry_store::Store;
 
 use crate::Context;
-use crate::util::{check_output_file, split_pair, write_atomic};
+use crate::util::{check_output_file, replace_file, split_pair, write_atomic};
 
 /// What `gantry layer` made.
 #[derive(Debug, Clone)]
@@ -219,21 +219,8 @@ pub fn run(ctx: &Context, args: &LayerArgs) -> Result<LayerResult> {
 /// Puts the blob at `dest`, replacing what was there atomically: hard-linked from the store
 /// when on the same filesystem, copied otherwise.
 fn export_blob(store: &Store, info: &LayerInfo, dest: &Path) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .with_context(|| format!("--output {} is not a file path", dest.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.gantry-tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    store
-        .link_or_copy_out(&info.digest, &tmp)
-        .with_context(|| format!("cannot write {}", dest.display()))?;
-    fs::rename(&tmp, dest).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        anyhow::Error::new(e).context(format!("cannot write {}", dest.display()))
+    replace_file(dest, |tmp| {
+        store.link_or_copy_out(&info.digest, tmp)?;
+        Ok(())
     })
 }

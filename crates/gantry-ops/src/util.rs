@@ -36,9 +36,10 @@ pub(crate) fn check_output_file(flag: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory, then rename), so a
-/// reader never sees half a file and a failure leaves the old file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Puts a file at `path` atomically: `fill` creates it at a temporary name in the same
+/// directory, which is then renamed over `path`. A reader never sees half a file, and a failure
+/// leaves the old file and no temporary behind.
+pub(crate) fn replace_file(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -51,17 +52,22 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+    let _ = fs::remove_file(&tmp);
+    let result = fill(&tmp).and_then(|()| Ok(fs::rename(&tmp, path)?));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `bytes` to `path` atomically (see [`replace_file`]), fsynced.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file(path, |tmp| {
+        let mut f = fs::File::create(tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Parses an argv given as a JSON array (`'["a","b"]'`) or as one value per flag.
