@@ -54,6 +54,15 @@ pub enum Command {
     Inspect(InspectArgs),
     /// List the files of a layer or of an image.
     Ls(LsArgs),
+    /// Build the images (or the named targets) of a gantry.toml project.
+    ///
+    /// Targets build in dependency order, independent ones in parallel (up to --jobs at
+    /// once). Layers whose inputs did not change come from the cache without any tar or
+    /// compression work. Images are written as OCI layouts under the output directory
+    /// (gantry-out/<image> by default).
+    Build(BuildArgs),
+    /// Remove the image layouts a project's build wrote.
+    Clean(CleanArgs),
     /// Check that every blob in the store matches its digest and every reference resolves.
     Fsck(FsckArgs),
     /// Remove blobs that nothing references.
@@ -267,6 +276,39 @@ pub struct LsArgs {
     pub json: bool,
 }
 
+/// Where the project file is.
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    /// Run in this directory (where gantry.toml is looked for).
+    #[arg(short = 'C', long = "directory", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The project file (default: gantry.toml in the directory).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// `gantry build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The project.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Targets to build (layers or images); default: every image.
+    pub targets: Vec<String>,
+    /// Print a JSON summary on stdout (per image: digest, output, layers with cache hits;
+    /// per target: start and end times).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gantry clean`.
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// The project.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+}
+
 /// `gantry fsck`.
 #[derive(Debug, Args)]
 pub struct FsckArgs {
@@ -281,4 +323,8 @@ pub struct GcArgs {
     /// Report what would be removed without removing it.
     #[arg(long)]
     pub dry_run: bool,
+    /// Keep build-cache entries used within this many days (and their blobs); older entries
+    /// are dropped. 0 drops the whole build cache.
+    #[arg(long, default_value_t = 7, value_name = "DAYS")]
+    pub keep_cache: u64,
 }

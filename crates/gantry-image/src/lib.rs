@@ -193,6 +193,19 @@ impl Image {
         })
     }
 
+    /// An image built on `parent`, whose manifest has `manifest_digest`: the parent's config
+    /// and layers, with the base annotation pointing at the parent; manifest annotations and
+    /// the artifact type are not inherited.
+    pub fn on_top_of(parent: &Image, manifest_digest: Digest) -> Self {
+        Image {
+            config: parent.config.clone(),
+            layers: parent.layers.clone(),
+            annotations: BTreeMap::new(),
+            artifact_type: None,
+            base_digest: Some(manifest_digest),
+        }
+    }
+
     /// Appends a layer and its history line. `created` (RFC 3339) fills the history time when
     /// the layer info has none. `what` names the layer in errors.
     pub fn push_layer(

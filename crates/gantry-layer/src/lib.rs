@@ -12,6 +12,7 @@
 
 mod compress;
 mod error;
+mod fingerprint;
 mod info;
 pub mod meta;
 mod path;
@@ -27,9 +28,12 @@ use gantry_oci::{Digest, HashingWriter, History, annotations};
 
 pub use compress::{Compressor, GZIP_BLOCK_SIZE};
 pub use error::Error;
+pub use fingerprint::FINGERPRINT_VERSION;
 pub use info::LayerInfo;
 pub use path::ImagePath;
-pub use recipe::{Entry, EntryKind, FileSource, Preserve, Recipe, RecipeBuilder, TreeFilter};
+pub use recipe::{
+    Entry, EntryKind, FileSource, FileStamp, Preserve, Recipe, RecipeBuilder, TreeFilter,
+};
 pub use spec::{LayerPlan, LayerSource, LayerSpec};
 pub use tarread::{ImportedTar, ListedEntry, TarImport};
 

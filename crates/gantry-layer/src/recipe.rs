@@ -63,6 +63,35 @@ pub enum EntryKind {
     },
 }
 
+/// What identifies a file's state on disk without reading it: if none of these changed, its
+/// content is taken not to have changed either (a stat cache's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+}
+
+impl FileStamp {
+    /// The stamp of `md`.
+    pub fn of(md: &fs::Metadata) -> Self {
+        FileStamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        }
+    }
+}
+
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileSource {
@@ -72,6 +101,8 @@ pub enum FileSource {
         path: PathBuf,
         /// Its size.
         size: u64,
+        /// Its state when the recipe was made.
+        stamp: FileStamp,
     },
     /// Bytes given inline (content entries, whiteouts).
     Inline(Arc<[u8]>),
@@ -247,11 +278,10 @@ struct Item {
 enum ItemKind {
     DiskFile {
         src: PathBuf,
-        size: u64,
         exec: bool,
-        inode: (u64, u64),
         /// Link count: only files with more than one name can become tar hard links.
         nlink: u64,
+        stamp: FileStamp,
     },
     Inline(Arc<[u8]>),
     Dir {
@@ -390,10 +420,9 @@ impl RecipeBuilder {
             dest,
             ItemKind::DiskFile {
                 src: src.to_owned(),
-                size: md.len(),
                 exec: md.mode() & 0o100 != 0,
-                inode: (md.dev(), md.ino()),
                 nlink: md.nlink(),
+                stamp: FileStamp::of(&md),
             },
             &origin,
         )
@@ -503,10 +532,9 @@ impl RecipeBuilder {
         Ok(Some(if ft.is_file() {
             ItemKind::DiskFile {
                 src: p.to_owned(),
-                size: md.len(),
                 exec: md.mode() & 0o100 != 0,
-                inode: (md.dev(), md.ino()),
                 nlink: md.nlink(),
+                stamp: FileStamp::of(&md),
             }
         } else if ft.is_fifo() {
             ItemKind::Fifo { mode: perm }
@@ -641,16 +669,19 @@ impl RecipeBuilder {
             let meta = self.meta_for(&path, &item.kind);
             let kind = match item.kind {
                 ItemKind::DiskFile {
-                    src,
-                    size,
-                    inode,
-                    nlink,
-                    ..
+                    src, nlink, stamp, ..
                 } => {
                     if nlink > 1 {
-                        by_inode.entry(inode).or_default().push(path.clone());
+                        by_inode
+                            .entry((stamp.dev, stamp.ino))
+                            .or_default()
+                            .push(path.clone());
                     }
-                    EntryKind::File(FileSource::Disk { path: src, size })
+                    EntryKind::File(FileSource::Disk {
+                        path: src,
+                        size: stamp.size,
+                        stamp,
+                    })
                 }
                 ItemKind::Inline(b) => EntryKind::File(FileSource::Inline(b)),
                 ItemKind::Dir { .. } => EntryKind::Dir,

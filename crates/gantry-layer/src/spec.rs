@@ -163,7 +163,193 @@ pub struct LayerPlan {
     pub comment: Option<String>,
 }
 
+/// One step of a field path inside a layer spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// A table key (`files`, `/app/x`).
+    Key(String),
+    /// An array index (`whiteouts[2]`).
+    Index(usize),
+}
+
+/// A problem [`LayerSpec::check`] found, and the field it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecProblem {
+    /// The field path inside the spec (`["files", "/app/x"]`); empty for the whole spec.
+    pub field: Vec<Field>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn key(k: &str) -> Field {
+    Field::Key(k.to_owned())
+}
+
 impl LayerSpec {
+    /// Checks everything that can be checked without walking directory trees: alternatives,
+    /// compression, media types, image paths, metadata values, globs, and that every named
+    /// source exists and has the right type. Returns every problem with its field.
+    pub fn check(&self, base_dir: &Path) -> Vec<SpecProblem> {
+        let mut out = Vec::new();
+        let mut bad = |field: Vec<Field>, message: String| out.push(SpecProblem { field, message });
+        let has_entries = !(self.files.is_empty()
+            && self.dirs.is_empty()
+            && self.content.is_empty()
+            && self.symlinks.is_empty()
+            && self.hardlinks.is_empty()
+            && self.empty_dirs.is_empty()
+            && self.whiteouts.is_empty()
+            && self.opaque.is_empty());
+        if [has_entries, self.tar.is_some(), self.file.is_some()]
+            .iter()
+            .filter(|&&k| k)
+            .count()
+            > 1
+        {
+            bad(
+                vec![],
+                "entries (files, dirs, …), `tar` and `file` are alternatives; give one".into(),
+            );
+        }
+        if self.recompress.is_some() && self.tar.is_none() {
+            bad(
+                vec![key("recompress")],
+                "`recompress` applies only to a `tar` layer".into(),
+            );
+        }
+        if self.file.is_some() && self.media_type.is_none() {
+            bad(
+                vec![key("file")],
+                "a `file` layer needs a `media-type`".into(),
+            );
+        }
+        if let Err(e) = Compressor::parse(self.compression.as_deref().unwrap_or("gzip"), self.level)
+        {
+            let f = if self.compression.is_some() {
+                "compression"
+            } else {
+                "level"
+            };
+            bad(vec![key(f)], e.to_string());
+        }
+        if let Some(mt) = &self.media_type
+            && let Err(r) = gantry_oci::validate_media_type(mt)
+        {
+            bad(vec![key("media-type")], r);
+        }
+        match Preserve::parse(&self.preserve) {
+            Err(e) => bad(vec![key("preserve")], e.to_string()),
+            Ok(p) => {
+                let d = &self.defaults;
+                for (kept, set, what) in [
+                    (p.mode, d.mode.is_some() || d.dir_mode.is_some(), "mode"),
+                    (p.owner, d.uid.is_some() || d.gid.is_some(), "owner"),
+                    (p.mtime, d.mtime.is_some(), "mtime"),
+                ] {
+                    if kept && set {
+                        bad(
+                            vec![key("preserve")],
+                            format!(
+                                "the {what} is both preserved from the sources and set by defaults; choose one"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if let Err(e) = Defaults::from_spec(&self.defaults, 0) {
+            bad(vec![key("defaults")], e.to_string());
+        }
+
+        let path_ok = |s: &str| ImagePath::parse(s).err().map(|e| e.to_string());
+        // `Want::File`: a regular file (files entries); `Want::Stream`: anything readable but a
+        // directory (a tar may come from a pipe); `Want::Dir`: a directory.
+        #[derive(PartialEq)]
+        enum Want {
+            File,
+            Stream,
+            Dir,
+        }
+        let source = |rel: &str, want: Want| -> Option<String> {
+            let p = base_dir.join(rel);
+            let m = match std::fs::metadata(&p) {
+                Err(e) => return Some(format!("cannot read {}: {e}", p.display())),
+                Ok(m) => m,
+            };
+            match want {
+                Want::Dir if !m.is_dir() => Some(format!("{} is not a directory", p.display())),
+                Want::File | Want::Stream if m.is_dir() => Some(format!(
+                    "{} is a directory; add it as a directory tree (dirs) instead",
+                    p.display()
+                )),
+                Want::File if !m.is_file() => {
+                    Some(format!("{} is not a regular file", p.display()))
+                }
+                _ => None,
+            }
+        };
+        for (dest, src) in &self.files {
+            let f = vec![key("files"), key(dest)];
+            if let Some(e) = path_ok(dest).or_else(|| source(src, Want::File)) {
+                bad(f, e);
+            }
+        }
+        for (dest, d) in &self.dirs {
+            let f = vec![key("dirs"), key(dest)];
+            let glob = TreeFilter::new(&d.include, &d.exclude)
+                .err()
+                .map(|e| e.to_string());
+            if let Some(e) = path_ok(dest).or_else(|| source(&d.src, Want::Dir)).or(glob) {
+                bad(f, e);
+            }
+        }
+        for (section, map) in [("content", &self.content), ("symlinks", &self.symlinks)] {
+            for dest in map.keys() {
+                if let Some(e) = path_ok(dest) {
+                    bad(vec![key(section), key(dest)], e);
+                }
+            }
+        }
+        for (dest, target) in &self.hardlinks {
+            if let Some(e) = path_ok(dest).or_else(|| path_ok(target)) {
+                bad(vec![key("hardlinks"), key(dest)], e);
+            }
+        }
+        for (section, list) in [
+            ("empty-dirs", &self.empty_dirs),
+            ("whiteouts", &self.whiteouts),
+            ("opaque", &self.opaque),
+        ] {
+            for (i, p) in list.iter().enumerate() {
+                if let Some(e) = path_ok(p) {
+                    bad(vec![key(section), Field::Index(i)], e);
+                }
+            }
+        }
+        for (path, m) in &self.metadata {
+            let e = path_ok(path).or_else(|| m.validate(path).err().map(|e| e.to_string()));
+            if let Some(e) = e {
+                bad(vec![key("metadata"), key(path)], e);
+            }
+        }
+        if let Some(t) = &self.tar
+            && let Some(e) = source(t, Want::Stream)
+        {
+            bad(vec![key("tar")], e);
+        }
+        if let Some(f) = &self.file
+            && let Some(e) = source(f, Want::Stream)
+        {
+            bad(vec![key("file")], e);
+        }
+        if let Some(f) = &self.annotations_file
+            && let Err(e) = read_kv_file(&base_dir.join(f))
+        {
+            bad(vec![key("annotations-file")], e.to_string());
+        }
+        out
+    }
+
     /// Parses a spec file: TOML, or JSON when the name ends in `.json`.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Source {
@@ -188,35 +374,27 @@ impl LayerSpec {
     /// time (`SOURCE_DATE_EPOCH`, else 0). `what` names the spec in errors. Every source is
     /// checked here, before any layer work starts.
     pub fn plan(&self, base_dir: &Path, mtime: i64, what: &str) -> Result<LayerPlan, Error> {
-        let spec_err = |reason: &str| Error::Spec {
-            what: what.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let has_entries = !(self.files.is_empty()
-            && self.dirs.is_empty()
-            && self.content.is_empty()
-            && self.symlinks.is_empty()
-            && self.hardlinks.is_empty()
-            && self.empty_dirs.is_empty()
-            && self.whiteouts.is_empty()
-            && self.opaque.is_empty());
-        let kinds = [has_entries, self.tar.is_some(), self.file.is_some()];
-        if kinds.iter().filter(|&&k| k).count() > 1 {
-            return Err(spec_err(
-                "entries (files, dirs, …), `tar` and `file` are alternatives; give one",
-            ));
-        }
-        if self.recompress.is_some() && self.tar.is_none() {
-            return Err(spec_err("`recompress` applies only to a `tar` layer"));
-        }
-        if self.file.is_some() && self.media_type.is_none() {
-            return Err(spec_err("a `file` layer needs a `media-type`"));
+        if let Some(p) = self.check(base_dir).into_iter().next() {
+            let field: Vec<String> = p
+                .field
+                .iter()
+                .map(|f| match f {
+                    Field::Key(k) => k.clone(),
+                    Field::Index(i) => format!("[{i}]"),
+                })
+                .collect();
+            let reason = if field.is_empty() {
+                p.message
+            } else {
+                format!("{}: {}", field.join("."), p.message)
+            };
+            return Err(Error::Spec {
+                what: what.to_owned(),
+                reason,
+            });
         }
         let compressor =
             Compressor::parse(self.compression.as_deref().unwrap_or("gzip"), self.level)?;
-        if let Some(mt) = &self.media_type {
-            gantry_oci::validate_media_type(mt).map_err(|r| spec_err(&r))?;
-        }
         let resolve = |p: &str| base_dir.join(p);
 
         let source = if let Some(t) = &self.tar {
@@ -259,27 +437,6 @@ impl LayerSpec {
     fn recipe(&self, base_dir: &Path, mtime: i64) -> Result<Recipe, Error> {
         let defaults = Defaults::from_spec(&self.defaults, mtime)?;
         let preserve = Preserve::parse(&self.preserve)?;
-        let d = &self.defaults;
-        for (kept, default_set, what) in [
-            (
-                preserve.mode,
-                d.mode.is_some() || d.dir_mode.is_some(),
-                "mode",
-            ),
-            (preserve.owner, d.uid.is_some() || d.gid.is_some(), "owner"),
-            (preserve.mtime, d.mtime.is_some(), "mtime"),
-        ] {
-            if kept && default_set {
-                return Err(Error::InvalidMetadata {
-                    path: "layer defaults".to_owned(),
-                    field: "preserve",
-                    value: what.to_owned(),
-                    reason: format!(
-                        "the {what} is both preserved from the sources and set by defaults; choose one"
-                    ),
-                });
-            }
-        }
         let mut b = RecipeBuilder::new(defaults, self.parents.unwrap_or(true));
         b.preserve(preserve);
         for (dest, src) in &self.files {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use crate::recipe::{Entry, EntryKind, FileSource, Recipe};
+use crate::recipe::{Entry, EntryKind, FileSource, FileStamp, Recipe};
 use crate::{Error, Progress};
 
 const BLOCK: usize = 512;
@@ -71,18 +71,22 @@ fn write_entry(
                 out.write_all(bytes).map_err(Error::output)?;
                 progress.advance(bytes.len() as u64);
             }
-            FileSource::Disk { path, size } => copy_file(path, *size, out, buf, progress)?,
+            FileSource::Disk { path, size, stamp } => {
+                copy_file(path, *size, stamp, out, buf, progress)?;
+            }
         }
         pad(out, size).map_err(Error::output)?;
     }
     Ok(())
 }
 
-/// Copies exactly `size` bytes of `path`, failing if the file changed length since the recipe
-/// was made (the header already promised `size`).
+/// Copies exactly `size` bytes of `path`, failing if the file changed since the recipe was made:
+/// its length (the header already promised `size`), or its stamp (mtime, ctime, inode), which a
+/// cache key may have been computed from.
 fn copy_file(
     path: &std::path::Path,
     size: u64,
+    stamp: &FileStamp,
     out: &mut dyn Write,
     buf: &mut [u8],
     progress: &dyn Progress,
@@ -115,6 +119,12 @@ fn copy_file(
         return Err(Error::SourceChanged {
             path: path.to_owned(),
             reason: format!("it grew while being read ({size} bytes expected)"),
+        });
+    }
+    if FileStamp::of(&f.metadata().map_err(src_err)?) != *stamp {
+        return Err(Error::SourceChanged {
+            path: path.to_owned(),
+            reason: "it was modified after the layer was planned".to_owned(),
         });
     }
     Ok(())
@@ -443,5 +453,14 @@ xattrs = { "user.k" = "v" }"#,
         std::fs::write(&f, "1234567").unwrap();
         let e = write_tar(&r, &mut Vec::new(), &NoProgress).unwrap_err();
         assert!(matches!(e, Error::SourceChanged { .. }), "{e}");
+        // Same size, other content: the stamp (mtime/ctime) gives it away.
+        std::fs::write(&f, "12345").unwrap();
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_file(p("/f"), &f).unwrap();
+        let r = b.build().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, "54321").unwrap();
+        let e = write_tar(&r, &mut Vec::new(), &NoProgress).unwrap_err();
+        assert!(e.to_string().contains("modified after"), "{e}");
     }
 }

@@ -10,6 +10,10 @@ pub trait Reporter: Send + Sync {
     fn layer_progress(&self, label: &str, total: u64) -> Box<dyn gantry_layer::Progress>;
     /// Something the user should know that is not an error.
     fn warn(&self, message: &str);
+    /// A step of a build (a target started, came from the cache, finished).
+    fn event(&self, message: &str) {
+        let _ = message;
+    }
 }
 
 /// A [`Reporter`] that reports nothing.
@@ -31,6 +35,8 @@ pub struct Context {
     pub jobs: usize,
     /// `SOURCE_DATE_EPOCH` (0 when unset): image and history times, default mtimes.
     pub source_date_epoch: i64,
+    /// Whether `SOURCE_DATE_EPOCH` was set in the environment (it then wins over projects).
+    pub source_date_epoch_from_env: bool,
     /// The directory relative paths on the command line are taken from.
     pub cwd: PathBuf,
     /// Progress and warnings.
@@ -65,14 +71,15 @@ impl Context {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
-        let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) if !v.is_empty() => gantry_oci::time::parse_source_date_epoch(&v)?,
-            _ => 0,
+        let from_env = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.is_empty() => Some(gantry_oci::time::parse_source_date_epoch(&v)?),
+            _ => None,
         };
         Ok(Context {
             home,
             jobs,
-            source_date_epoch,
+            source_date_epoch: from_env.unwrap_or(0),
+            source_date_epoch_from_env: from_env.is_some(),
             cwd,
             reporter,
         })

@@ -7,7 +7,9 @@
 //! |---|---|
 //! | `gantry` | the binary: argument parsing, logging, progress bars, printing |
 //! | `gantry-cli` | clap definitions only |
-//! | `gantry-ops` | this crate: one module per command ([`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`]) |
+//! | `gantry-ops` | this crate: one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`]) |
+//! | `gantry-project` | gantry.toml: schema, validation with file:line:column, the target graph |
+//! | `gantry-cache` | the action cache (key → outputs) and the stat cache (file → digest) |
 //! | `gantry-oci` | digests, descriptors, media types, references, manifests, configs, canonical JSON |
 //! | `gantry-layer` | layer specs and recipes, the tar writer, gzip/zstd, tar validation and listing |
 //! | `gantry-store` | the blob store under `$GANTRY_HOME`, OCI layouts, refs, gc, fsck |
@@ -19,11 +21,14 @@
 //! |---|---|
 //! | `$GANTRY_HOME/blobs/sha256/<hex>` | `gantry_store::Store` |
 //! | `$GANTRY_HOME/refs-v1/<kind>/<hash>.json` | GC roots: `Store::set_ref`, written by [`layer`] and [`image`] for their outputs |
+//! | `$GANTRY_HOME/cache-v1/<xx>/<key>.json` | `gantry_cache::ActionCache`: layer cache entries, written by [`build`] |
+//! | `$GANTRY_HOME/stat-v1/<scope>` | `gantry_cache::StatCache`: input digests by file state, one file per project |
 //! | `$GANTRY_HOME/tmp/s-*` | per-process temp dirs, cleaned by the next open |
 //! | `$GANTRY_HOME/locks/*.lock` | cross-process locks |
 //! | layer info JSON (`gantry layer --info`) | `gantry_layer::LayerInfo` |
 //! | image metadata JSON (`gantry image --metadata`) | `gantry_image::ImageMetadata` |
 
+pub mod build;
 mod context;
 pub mod image;
 pub mod inspect;

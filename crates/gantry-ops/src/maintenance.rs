@@ -1,5 +1,7 @@
 //! `gantry fsck` and `gantry gc`.
 
+use std::time::{Duration, SystemTime};
+
 use anyhow::Result;
 use gantry_store::{FsckOptions, FsckReport, GcOptions, GcReport};
 
@@ -10,11 +12,44 @@ pub fn fsck(ctx: &Context, repair: bool) -> Result<FsckReport> {
     Ok(ctx.store()?.fsck(&FsckOptions { repair })?)
 }
 
-/// Runs `gantry gc`.
-pub fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport> {
+/// What `gantry gc` did.
+#[derive(Debug, Clone)]
+pub struct GcResult {
+    /// The store's report.
+    pub store: GcReport,
+    /// Build-cache entries dropped (or that would be, in a dry run).
+    pub cache_entries_dropped: usize,
+}
+
+/// Runs `gantry gc`: drops build-cache entries unused for `keep_cache_days`, then removes every
+/// blob that neither an output nor a remaining cache entry refers to.
+pub fn gc(ctx: &Context, dry_run: bool, keep_cache_days: u64) -> Result<GcResult> {
     let mut store = ctx.store()?;
-    Ok(store.gc(&GcOptions {
+    let keep = Duration::from_secs(keep_cache_days.saturating_mul(86_400));
+    let now = SystemTime::now();
+    let mut roots = Vec::new();
+    let mut dropped = 0;
+    // Opening the cache creates its bucket; a store without one (or a dry run) must not change.
+    if store.root().join(gantry_cache::action::CACHE_BUCKET).is_dir() {
+        let cache = gantry_cache::ActionCache::open(store.root())?;
+        for (_, outputs, last_used) in cache.entries()? {
+            if now.duration_since(last_used).unwrap_or_default() <= keep {
+                roots.extend(outputs);
+            } else {
+                dropped += 1;
+            }
+        }
+        if !dry_run {
+            let pruned = cache.prune(keep)?;
+            dropped = dropped.max(pruned);
+        }
+    }
+    let report = store.gc(&GcOptions {
         dry_run,
-        extra_roots: Vec::new(),
-    })?)
+        extra_roots: roots,
+    })?;
+    Ok(GcResult {
+        store: report,
+        cache_entries_dropped: dropped,
+    })
 }

@@ -197,6 +197,22 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the blob if its content does not match its digest, so that it can be written
+    /// again (a commit keeps an existing blob). Returns whether it was removed. A missing blob
+    /// is not an error.
+    pub fn remove_corrupt_blob(&self, digest: &Digest) -> Result<bool> {
+        match self.verify_blob(digest) {
+            Ok(()) | Err(Error::BlobNotFound { .. }) => Ok(false),
+            Err(Error::CorruptBlob { path, .. }) => {
+                fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                fsync_dir(&self.blobs_dir().join(digest.algorithm().name()))?;
+                tracing::debug!(%digest, "removed a corrupt blob");
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Places a blob at `dest`, which must not exist: a hard link when possible, otherwise
     /// (other filesystem, links not permitted, too many links) a copy that is verified while
     /// written. Either way the result is read-only.
@@ -523,6 +539,25 @@ fn check_root_is_private(root: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::test_support::{blob_files, open_store};
+
+    #[test]
+    fn remove_corrupt_blob_removes_only_corrupt_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let good = store.put_bytes(b"good").unwrap();
+        let bad = store.put_bytes(b"bad!").unwrap();
+        let p = store.blob_path(&bad);
+        fs::set_permissions(&p, Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"BAD!").unwrap();
+        assert!(!store.remove_corrupt_blob(&good).unwrap());
+        assert!(store.remove_corrupt_blob(&bad).unwrap());
+        assert!(!store.has(&bad));
+        assert!(store.has(&good));
+        assert!(!store.remove_corrupt_blob(&bad).unwrap());
+        // Written again, it is stored fresh.
+        assert_eq!(store.put_bytes(b"bad!").unwrap(), bad);
+        store.verify_blob(&bad).unwrap();
+    }
 
     #[test]
     fn commit_with_right_expectation_stores_a_read_only_blob() {

@@ -82,6 +82,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             gantry_ops::ls::run(&ctx, args, &mut |row| out.row(&row))?;
             out.finish()?;
         }
+        Command::Build(args) => {
+            let r = gantry_ops::build::run(&ctx, args)?;
+            print::build(&r, args.json, cli.global.quiet)?;
+        }
+        Command::Clean(args) => {
+            let r = gantry_ops::build::clean(&ctx, args)?;
+            if !cli.global.quiet {
+                for p in &r.removed {
+                    eprintln!("removed {}", p.display());
+                }
+            }
+        }
         Command::Fsck(args) => {
             let r = gantry_ops::maintenance::fsck(&ctx, args.repair)?;
             print::fsck(&r)?;
@@ -90,7 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Gc(args) => {
-            let r = gantry_ops::maintenance::gc(&ctx, args.dry_run)?;
+            let r = gantry_ops::maintenance::gc(&ctx, args.dry_run, args.keep_cache)?;
             print::gc(&r, args.dry_run)?;
         }
     }

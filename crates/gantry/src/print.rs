@@ -3,11 +3,13 @@
 use std::io::{self, Write};
 
 use anyhow::Result;
+use gantry_ops::build::BuildReport;
 use gantry_ops::image::ImageResult;
 use gantry_ops::inspect::{ImageReport, InspectReport, LayerReport};
 use gantry_ops::layer::LayerResult;
 use gantry_ops::ls::LsRow;
-use gantry_store::{FsckReport, GcReport};
+use gantry_ops::maintenance::GcResult;
+use gantry_store::FsckReport;
 
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -291,6 +293,44 @@ fn mode_string(kind: &str, mode: &str) -> String {
     s
 }
 
+pub(crate) fn build(r: &BuildReport, json: bool, quiet: bool) -> Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for i in &r.images {
+        let own = i.layers.iter().filter(|l| l.name.is_some()).count();
+        let cached = i
+            .layers
+            .iter()
+            .filter(|l| l.cache_hit == Some(true))
+            .count();
+        let n = i.layers.len();
+        writeln!(
+            out,
+            "{} {} {}:{} ({n} layer{}, {own} from the project, {cached} cached{})",
+            i.name,
+            i.digest,
+            i.output,
+            i.tag,
+            if n == 1 { "" } else { "s" },
+            if i.up_to_date { ", up to date" } else { "" }
+        )?;
+    }
+    if !quiet {
+        eprintln!(
+            "{} layer(s) from the cache, {} built; {} input file(s) rehashed; {:.2} s",
+            r.cache.hits,
+            r.cache.misses,
+            r.cache.stat_misses,
+            r.duration_ms as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn fsck(r: &FsckReport) -> Result<()> {
     let mut out = io::stdout().lock();
     for f in &r.findings {
@@ -310,8 +350,16 @@ pub(crate) fn fsck(r: &FsckReport) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn gc(r: &GcReport, dry_run: bool) -> Result<()> {
+pub(crate) fn gc(g: &GcResult, dry_run: bool) -> Result<()> {
     let verb = if dry_run { "would remove" } else { "removed" };
+    let r = &g.store;
+    if g.cache_entries_dropped > 0 {
+        println!(
+            "{} {} unused build-cache entries",
+            if dry_run { "would drop" } else { "dropped" },
+            g.cache_entries_dropped
+        );
+    }
     println!(
         "{verb} {} blobs ({}), kept {} ({}); {} stale refs dropped, {} temp entries removed",
         r.removed_blobs,

@@ -1,16 +1,30 @@
 //! Progress bars on stderr (only when it is a terminal) and warnings.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-/// The binary's [`gantry_ops::Reporter`].
+/// The binary's [`gantry_ops::Reporter`]: one progress line per running target on a terminal,
+/// plain log lines otherwise.
 pub(crate) struct Bars {
     show: bool,
     quiet: bool,
+    multi: MultiProgress,
 }
 
 impl Bars {
     pub(crate) fn new(show: bool, quiet: bool) -> Self {
-        Bars { show, quiet }
+        Bars {
+            show,
+            quiet,
+            multi: MultiProgress::new(),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if self.show {
+            let _ = self.multi.println(text);
+        } else {
+            eprintln!("{text}");
+        }
     }
 }
 
@@ -33,7 +47,7 @@ impl gantry_ops::Reporter for Bars {
         if !self.show {
             return Box::new(gantry_layer::NoProgress);
         }
-        let bar = ProgressBar::new(total);
+        let bar = self.multi.add(ProgressBar::new(total));
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
@@ -47,10 +61,13 @@ impl gantry_ops::Reporter for Bars {
 
     fn warn(&self, message: &str) {
         if !self.quiet {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("warning: {message}");
-            }
+            self.line(&format!("warning: {message}"));
+        }
+    }
+
+    fn event(&self, message: &str) {
+        if !self.quiet {
+            self.line(message);
         }
     }
 }

@@ -4,9 +4,11 @@
 
 mod bad_input;
 mod commands;
+mod examples;
 mod golden;
 mod interop;
 mod layout_base;
+mod project;
 mod reproducibility;
 mod store;
 

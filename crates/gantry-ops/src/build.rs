@@ -1,0 +1,685 @@
+//! `gantry build`: build a project's targets with a content-keyed cache.
+//!
+//! 1. Load and validate `gantry.toml` (every problem at once, with file:line:column).
+//! 2. Plan every needed layer (walk its sources) and load every fixed base, in parallel,
+//!    before anything is written: a missing input fails the build with no output.
+//! 3. Compute each layer's cache key: its plan's fingerprint (input contents come from the
+//!    stat cache, so unchanged files are not read), the creation time and the cache version.
+//! 4. Run the targets in dependency order, up to `jobs` at once. A layer whose key is in the
+//!    action cache, with its blob present and intact, is a hit: no tar, no compression. An
+//!    image is assembled (cheap) and written only if its output layout differs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use gantry_cache::{ActionCache, KeyHasher, StatCache, StatKey};
+use gantry_image::{Base, BlobSource, Built, Image};
+use gantry_layer::{LayerInfo, LayerPlan};
+use gantry_oci::{Digest, Platform, annotations};
+use gantry_project::{BaseRef, Epoch, ImageTarget, LabelValue, Project, TargetRef};
+use gantry_store::{Layout, Store};
+use serde::Serialize;
+
+use crate::Context;
+
+/// What a build did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildReport {
+    /// The project file.
+    pub project: String,
+    /// Wall time of the whole build.
+    pub duration_ms: u64,
+    /// Images built, in build order.
+    pub images: Vec<ImageOutcome>,
+    /// Layers built or taken from the cache, in build order.
+    pub layers: Vec<LayerOutcome>,
+    /// Cache statistics.
+    pub cache: CacheSummary,
+}
+
+/// Cache statistics of a build.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSummary {
+    /// Layers taken from the action cache.
+    pub hits: usize,
+    /// Layers built.
+    pub misses: usize,
+    /// Input files whose digest came from the stat cache.
+    pub stat_hits: u64,
+    /// Input files that were read and hashed.
+    pub stat_misses: u64,
+}
+
+/// One layer target's result.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerOutcome {
+    /// Target name.
+    pub name: String,
+    /// Blob digest.
+    pub digest: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+    /// Whether it came from the cache.
+    pub cache_hit: bool,
+    /// Milliseconds after the build started.
+    pub started_ms: u64,
+    /// Milliseconds after the build started.
+    pub finished_ms: u64,
+}
+
+/// One image target's result.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageOutcome {
+    /// Target name.
+    pub name: String,
+    /// Manifest digest.
+    pub digest: Digest,
+    /// The output layout.
+    pub output: String,
+    /// The tag in it.
+    pub tag: String,
+    /// The platform.
+    pub platform: String,
+    /// Every layer, base first.
+    pub layers: Vec<ImageLayer>,
+    /// Whether the output already held this image (nothing was written).
+    pub up_to_date: bool,
+    /// Milliseconds after the build started.
+    pub started_ms: u64,
+    /// Milliseconds after the build started.
+    pub finished_ms: u64,
+}
+
+/// A layer of an image in the summary.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageLayer {
+    /// The layer target, or `None` for a layer of the base.
+    pub name: Option<String>,
+    /// Blob digest.
+    pub digest: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// Whether it came from the cache (`None` for base layers).
+    pub cache_hit: Option<bool>,
+}
+
+/// Loads the project of `gantry build`/`clean` arguments.
+pub fn load_project(ctx: &Context, args: &gantry_cli::ProjectArgs) -> Result<Project> {
+    let dir = args
+        .dir
+        .as_ref()
+        .map_or_else(|| ctx.cwd.clone(), |d| ctx.abs(d));
+    let file = Project::locate(&dir, args.file.as_deref());
+    Ok(Project::load(&file)?)
+}
+
+/// What a project's git checkout says, for auto labels and `source-date-epoch = "git"`.
+#[derive(Debug, Default)]
+struct GitInfo {
+    revision: Option<String>,
+    branch: Option<String>,
+    commit_time: Option<i64>,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+impl GitInfo {
+    fn read(dir: &Path) -> Self {
+        GitInfo {
+            revision: git(dir, &["rev-parse", "HEAD"]),
+            branch: git(dir, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD"),
+            commit_time: git(dir, &["log", "-1", "--format=%ct"]).and_then(|t| t.parse().ok()),
+        }
+    }
+}
+
+/// A layer ready to run: its plan and cache key.
+struct PlannedLayer {
+    plan: LayerPlan,
+    key: gantry_cache::CacheKey,
+}
+
+/// What a finished target hands to the targets that depend on it.
+enum Finished {
+    Layer(LayerInfo, bool, LayerOutcome),
+    Image(Box<(Image, Digest)>, ImageOutcome),
+}
+
+/// Runs `gantry build`.
+pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
+    let started = Instant::now();
+    let project = load_project(ctx, &args.project)?;
+    let order = project.plan(&args.targets)?;
+
+    let needs_git = project.settings.source_date_epoch == Some(Epoch::Git)
+        || project.images.values().any(|i| i.auto_labels.any());
+    let git_info = if needs_git {
+        GitInfo::read(&project.dir)
+    } else {
+        GitInfo::default()
+    };
+    let epoch = if ctx.source_date_epoch_from_env {
+        ctx.source_date_epoch
+    } else {
+        match project.settings.source_date_epoch {
+            None => 0,
+            Some(Epoch::Seconds(s)) => s,
+            Some(Epoch::Git) => git_info.commit_time.with_context(|| {
+                format!(
+                    "{}: source-date-epoch = \"git\", but no commit time could be read from git in {}",
+                    project.file.display(),
+                    project.dir.display()
+                )
+            })?,
+        }
+    };
+    let mut ctx = ctx.clone();
+    ctx.source_date_epoch = epoch;
+    let ctx = &ctx;
+    let created = ctx.created()?;
+
+    // Phase 1: plan every layer and load every fixed base before writing anything.
+    let layer_names: Vec<&str> = order
+        .iter()
+        .filter_map(|t| match t {
+            TargetRef::Layer(n) => Some(n.as_str()),
+            TargetRef::Image(_) => None,
+        })
+        .collect();
+    let plans = parallel_map(ctx.jobs, &layer_names, |name| {
+        let t = &project.layers[*name];
+        let at = format!(
+            "{}:{}:{}: layer.{name}",
+            project.file.display(),
+            t.at.line,
+            t.at.column
+        );
+        t.spec
+            .plan(&project.dir, epoch, &at)
+            .with_context(|| at.clone())
+    })?;
+    let mut fixed_bases: BTreeMap<String, Image> = BTreeMap::new();
+    for t in &order {
+        if let TargetRef::Image(n) = t {
+            let img = &project.images[n];
+            if let BaseRef::Fixed(base) = &img.base {
+                let platform = image_platform(img);
+                let strict = img.platform.is_some() && *base != Base::Scratch;
+                let loaded = Image::from_base(base, &platform, strict).with_context(|| {
+                    format!(
+                        "{}:{}:{}: image.{n}: cannot use base {base}",
+                        project.file.display(),
+                        img.at.line,
+                        img.at.column
+                    )
+                })?;
+                fixed_bases.insert(n.clone(), loaded);
+            }
+        }
+    }
+
+    let store = ctx.store()?;
+    let cache = ActionCache::open(store.root())?;
+    let stat = Mutex::new(StatCache::load(store.root(), &project.dir));
+
+    // Phase 2: cache keys (input digests come from the stat cache).
+    let keyed: Vec<PlannedLayer> = parallel_map(ctx.jobs, &plans, |plan| {
+        let fp = plan.fingerprint(&mut |path, stamp| {
+            let key = StatKey {
+                dev: stamp.dev,
+                ino: stamp.ino,
+                size: stamp.size,
+                mtime_ns: stamp.mtime_ns,
+                ctime_ns: stamp.ctime_ns,
+            };
+            stat.lock()
+                .map_err(|_| std::io::Error::other("stat cache lock poisoned"))?
+                .digest(path, key)
+        })?;
+        let mut k = KeyHasher::new("layer");
+        k.u64(gantry_layer::FINGERPRINT_VERSION)
+            .digest(&fp)
+            .str(&created);
+        Ok(PlannedLayer {
+            plan: plan.clone(),
+            key: k.finish(),
+        })
+    })?;
+    let mut planned: HashMap<&str, PlannedLayer> = layer_names.iter().copied().zip(keyed).collect();
+
+    // Phase 3: run.
+    let mut layers_done: HashMap<String, (LayerInfo, bool)> = HashMap::new();
+    let mut images_done: HashMap<String, (Image, Digest)> = HashMap::new();
+    let mut report = BuildReport {
+        project: project.file.display().to_string(),
+        duration_ms: 0,
+        images: Vec::new(),
+        layers: Vec::new(),
+        cache: CacheSummary::default(),
+    };
+    let mut pending: Vec<TargetRef> = order.clone();
+    let mut failure: Option<anyhow::Error> = None;
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<(TargetRef, Result<Finished>)>();
+        let mut running = 0usize;
+        loop {
+            // Start every target whose dependencies are done, up to `jobs` at once.
+            while failure.is_none() && running < ctx.jobs.max(1) {
+                let ready = pending.iter().position(|t| {
+                    project.deps(t).iter().all(|d| match d {
+                        TargetRef::Layer(n) => layers_done.contains_key(n),
+                        TargetRef::Image(n) => images_done.contains_key(n),
+                    })
+                });
+                let Some(i) = ready else { break };
+                let target = pending.remove(i);
+                let tx = tx.clone();
+                running += 1;
+                match &target {
+                    TargetRef::Layer(name) => {
+                        let job = planned.remove(name.as_str()).expect("planned above");
+                        let (store, cache, stat) = (&store, &cache, &stat);
+                        let name = name.clone();
+                        scope.spawn(move || {
+                            let r = run_layer(ctx, store, cache, stat, &name, &job, started);
+                            let _ = tx.send((TargetRef::Layer(name), r));
+                        });
+                    }
+                    TargetRef::Image(name) => {
+                        let img = &project.images[name];
+                        let base = match &img.base {
+                            BaseRef::Fixed(_) => fixed_bases.remove(name).expect("loaded above"),
+                            BaseRef::Image(parent) => {
+                                let (p, d) = &images_done[parent];
+                                Image::on_top_of(p, d.clone())
+                            }
+                        };
+                        let layers: Vec<(String, LayerInfo, bool)> = img
+                            .layers
+                            .iter()
+                            .map(|l| {
+                                let (info, hit) = &layers_done[l];
+                                (l.clone(), info.clone(), *hit)
+                            })
+                            .collect();
+                        let (store, stat, created, git_info) = (&store, &stat, &created, &git_info);
+                        scope.spawn(move || {
+                            let r = run_image(
+                                ctx, store, stat, img, base, &layers, created, epoch, git_info,
+                                started,
+                            );
+                            let _ = tx.send((TargetRef::Image(img.name.clone()), r));
+                        });
+                    }
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let (target, result) = rx.recv().expect("a worker holds a sender");
+            running -= 1;
+            match result {
+                Ok(Finished::Layer(info, hit, outcome)) => {
+                    ctx.reporter.event(&format!(
+                        "{target}: {} {}",
+                        if hit { "cached" } else { "built" },
+                        info.digest.short()
+                    ));
+                    if hit {
+                        report.cache.hits += 1;
+                    } else {
+                        report.cache.misses += 1;
+                    }
+                    report.layers.push(outcome);
+                    layers_done.insert(target.name().to_owned(), (info, hit));
+                }
+                Ok(Finished::Image(image, outcome)) => {
+                    ctx.reporter.event(&format!(
+                        "{target}: {} {} -> {}",
+                        if outcome.up_to_date {
+                            "up to date"
+                        } else {
+                            "written"
+                        },
+                        outcome.digest.short(),
+                        outcome.output
+                    ));
+                    report.images.push(outcome);
+                    images_done.insert(target.name().to_owned(), *image);
+                }
+                Err(e) => {
+                    if failure.is_none() {
+                        failure = Some(e.context(format!("{target} failed")));
+                    }
+                }
+            }
+        }
+    });
+    let stat = stat
+        .into_inner()
+        .map_err(|_| anyhow!("stat cache lock poisoned"))?;
+    report.cache.stat_hits = stat.hits();
+    report.cache.stat_misses = stat.misses();
+    if let Err(e) = stat.save() {
+        ctx.reporter
+            .warn(&format!("cannot save the stat cache: {e}"));
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    report.duration_ms = millis(started);
+    Ok(report)
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn image_platform(img: &ImageTarget) -> Platform {
+    img.platform.clone().unwrap_or_else(Platform::host)
+}
+
+/// Maps `f` over `items` on up to `jobs` threads, keeping the order; the first error wins.
+fn parallel_map<T: Sync, R: Send>(
+    jobs: usize,
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<R>>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1).min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= items.len() {
+                        break;
+                    }
+                    let r = f(&items[i]);
+                    *results[i].lock().expect("no panics while holding it") = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("no panics while holding it")
+                .expect("every item ran")
+        })
+        .collect()
+}
+
+fn run_layer(
+    ctx: &Context,
+    store: &Store,
+    cache: &ActionCache,
+    stat: &Mutex<StatCache>,
+    name: &str,
+    job: &PlannedLayer,
+    build_started: Instant,
+) -> Result<Finished> {
+    let started_ms = millis(build_started);
+    let label = format!("layer.{name}");
+    let mut hit = None;
+    if let Some(entry) = cache.get::<LayerInfo>(&job.key)? {
+        // The entry must describe its own output, and that blob must be intact.
+        let consistent = entry.outputs.len() == 1 && entry.outputs[0] == entry.value.descriptor();
+        if consistent && outputs_intact(store, stat, &entry.outputs) {
+            let _ = cache.touch(&job.key);
+            hit = Some(entry.value);
+        } else {
+            ctx.reporter.warn(&format!(
+                "{label}: the cache entry refers to a missing or damaged blob; rebuilding"
+            ));
+            let _ = cache.remove(&job.key);
+            // A damaged blob must go, or the rebuilt one would be discarded as a duplicate.
+            for d in &entry.outputs {
+                store.remove_corrupt_blob(&d.digest)?;
+            }
+        }
+    }
+    let (info, cache_hit) = match hit {
+        Some(info) => (info, true),
+        None => {
+            ctx.reporter.event(&format!("{label}: building"));
+            let (info, _) = crate::layer::build_layer(ctx, store, &job.plan, &label)?;
+            cache.put(&job.key, &info, &[info.descriptor()])?;
+            (info, false)
+        }
+    };
+    let outcome = LayerOutcome {
+        name: name.to_owned(),
+        digest: info.digest.clone(),
+        size: info.size,
+        media_type: info.media_type.clone(),
+        cache_hit,
+        started_ms,
+        finished_ms: millis(build_started),
+    };
+    Ok(Finished::Layer(info, cache_hit, outcome))
+}
+
+/// Whether every output blob of a cache entry is in the store with the right content (checked
+/// through the stat cache, so an untouched blob is not rehashed).
+fn outputs_intact(
+    store: &Store,
+    stat: &Mutex<StatCache>,
+    outputs: &[gantry_oci::Descriptor],
+) -> bool {
+    outputs.iter().all(|d| {
+        let path = store.blob_path(&d.digest);
+        let size_ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == d.size);
+        size_ok
+            && stat
+                .lock()
+                .is_ok_and(|mut s| s.verify(&path, &d.digest).unwrap_or(false))
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_image(
+    ctx: &Context,
+    store: &Store,
+    stat: &Mutex<StatCache>,
+    target: &ImageTarget,
+    mut image: Image,
+    layers: &[(String, LayerInfo, bool)],
+    created: &str,
+    epoch: i64,
+    git_info: &GitInfo,
+    build_started: Instant,
+) -> Result<Finished> {
+    let started_ms = millis(build_started);
+    let base_layers = image.layers.len();
+    if matches!(target.base, BaseRef::Fixed(Base::Scratch)) {
+        let p = image_platform(target);
+        image.config.os.clone_from(&p.os);
+        image.config.architecture.clone_from(&p.architecture);
+        image.config.variant.clone_from(&p.variant);
+    }
+    image.artifact_type.clone_from(&target.artifact_type);
+    image.annotations.clone_from(&target.annotations);
+    for (name, info, _) in layers {
+        image.push_layer(info, BlobSource::Store, created, &format!("layer.{name}"))?;
+    }
+    let mut edits = target.edits.clone();
+    for (key, value) in auto_labels(target, epoch, git_info, ctx)? {
+        edits.labels.entry(key).or_insert(value);
+    }
+    edits.apply(&mut image.config)?;
+    let built = image.build(created)?;
+    let up_to_date = layout_holds(&target.output, &built, &target.layout_tag, stat);
+    if !up_to_date {
+        if let Some(parent) = target.output.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        built
+            .write_layout(store, &target.output, Some(&target.layout_tag))
+            .with_context(|| format!("cannot write {}", target.output.display()))?;
+    }
+    store.put_bytes(&built.config_bytes)?;
+    store.put_bytes(&built.manifest_bytes)?;
+    store.set_ref(
+        "image",
+        &target.output.to_string_lossy(),
+        &built.manifest,
+        Some(&target.output),
+    )?;
+    let outcome = ImageOutcome {
+        name: target.name.clone(),
+        digest: built.manifest.digest.clone(),
+        output: target.output.display().to_string(),
+        tag: target.layout_tag.clone(),
+        platform: built.platform.to_string(),
+        layers: built
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let own = i.checked_sub(base_layers).and_then(|j| layers.get(j));
+                ImageLayer {
+                    name: own.map(|(n, _, _)| n.clone()),
+                    digest: l.descriptor.digest.clone(),
+                    size: l.descriptor.size,
+                    cache_hit: own.map(|(_, _, h)| *h),
+                }
+            })
+            .collect(),
+        up_to_date,
+        started_ms,
+        finished_ms: millis(build_started),
+    };
+    let digest = built.manifest.digest;
+    Ok(Finished::Image(Box::new((image, digest)), outcome))
+}
+
+/// The OCI auto labels of an image (Yocto's OCI_IMAGE_AUTO_LABELS).
+fn auto_labels(
+    target: &ImageTarget,
+    epoch: i64,
+    git: &GitInfo,
+    ctx: &Context,
+) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let a = &target.auto_labels;
+    let mut derive = |key: &str, v: &LabelValue, derived: Option<String>, what: &str| {
+        let value = match v {
+            LabelValue::Off => return,
+            LabelValue::Fixed(s) => Some(s.clone()),
+            LabelValue::Derive | LabelValue::Git => derived,
+        };
+        match value {
+            Some(v) => {
+                out.insert(key.to_owned(), v);
+            }
+            None => ctx.reporter.warn(&format!(
+                "image.{}: no {what} for the {key} label (is {} a git checkout?)",
+                target.name, "the project"
+            )),
+        }
+    };
+    derive(
+        annotations::REVISION,
+        &a.revision,
+        git.revision.clone(),
+        "git revision",
+    );
+    derive(
+        "org.opencontainers.image.ref.name",
+        &a.ref_name,
+        git.branch.clone(),
+        "git branch",
+    );
+    let created = match a.created {
+        LabelValue::Git => git
+            .commit_time
+            .map(gantry_oci::time::format_rfc3339)
+            .transpose()?,
+        _ => Some(gantry_oci::time::format_rfc3339(epoch)?),
+    };
+    derive(annotations::CREATED, &a.created, created, "commit time");
+    Ok(out)
+}
+
+/// Whether the layout at `dir` already holds exactly this image under `tag`, every blob intact
+/// (checked through the stat cache: untouched blobs are not rehashed).
+fn layout_holds(dir: &Path, built: &Built, tag: &str, stat: &Mutex<StatCache>) -> bool {
+    let Ok(layout) = Layout::open(dir) else {
+        return false;
+    };
+    let entries = &layout.index().manifests;
+    let same = entries.len() == 1
+        && entries[0].digest == built.manifest.digest
+        && entries[0]
+            .annotations
+            .get(annotations::REF_NAME)
+            .map(String::as_str)
+            == Some(tag);
+    same && std::iter::once(&built.manifest.digest)
+        .chain(std::iter::once(&built.config.digest))
+        .chain(built.layers.iter().map(|l| &l.descriptor.digest))
+        .all(|d| {
+            stat.lock()
+                .is_ok_and(|mut s| s.verify(&layout.blob_path(d), d).unwrap_or(false))
+        })
+}
+
+/// What `gantry clean` removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanReport {
+    /// Layouts removed.
+    pub removed: Vec<PathBuf>,
+}
+
+/// Runs `gantry clean`: removes every image output that is an OCI layout, then the output
+/// directory if that left it empty. Anything else is left alone.
+pub fn clean(ctx: &Context, args: &gantry_cli::CleanArgs) -> Result<CleanReport> {
+    let project = load_project(ctx, &args.project)?;
+    let mut removed = Vec::new();
+    for img in project.images.values() {
+        let out = &img.output;
+        if !out.exists() {
+            continue;
+        }
+        if !out.join("oci-layout").is_file() {
+            bail!(
+                "{}: not removing it, it is not an OCI image layout",
+                out.display()
+            );
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot remove {}", out.display()))?;
+        removed.push(out.clone());
+    }
+    let dir = &project.settings.output_dir;
+    if dir.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        std::fs::remove_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        removed.push(dir.clone());
+    }
+    Ok(CleanReport { removed })
+}

@@ -1,0 +1,702 @@
+//! `gantry.toml`: a project's layers and images, validated before any work.
+//!
+//! [`Project::load`] parses the file (unknown keys and wrong types are errors), then checks what
+//! TOML cannot: target names and references, cycles between images, label keys, ports, paths,
+//! platforms, tags, and that every input file exists. Every problem is reported at once, each
+//! as `file:line:column: key: message`. The result is a set of typed targets and a dependency
+//! graph; [`Project::plan`] gives the targets to build for a request, dependencies first.
+//!
+//! Target kinds live in one namespace, so a reference is just a name. Pull targets and build
+//! steps slot in as new [`TargetRef`] kinds with their own dependency edges.
+
+mod error;
+pub mod schema;
+pub mod spans;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use gantry_image::{Base, ConfigEdits, normalize_port, validate_label_key};
+use gantry_layer::LayerSpec;
+use gantry_layer::spec::Field;
+use gantry_oci::{Platform, Reference};
+
+pub use error::{Diagnostic, Error};
+use schema::{AutoLabelsSpec, EpochSpec, ImageSpec, ProjectFile};
+pub use spans::{KeyPath, LineCol, Seg, SpanIndex};
+
+/// The default project file name.
+pub const PROJECT_FILE: &str = "gantry.toml";
+/// The default output directory.
+pub const DEFAULT_OUTPUT_DIR: &str = "gantry-out";
+
+/// A validated project.
+#[derive(Debug)]
+pub struct Project {
+    /// The project file (absolute).
+    pub file: PathBuf,
+    /// Its directory: relative paths are taken from here.
+    pub dir: PathBuf,
+    /// Settings.
+    pub settings: Settings,
+    /// Layer targets by name.
+    pub layers: BTreeMap<String, LayerTarget>,
+    /// Image targets by name.
+    pub images: BTreeMap<String, ImageTarget>,
+    spans: SpanIndex,
+}
+
+/// Validated `[settings]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `SOURCE_DATE_EPOCH` from the file (the environment variable wins).
+    pub source_date_epoch: Option<Epoch>,
+    /// Where images go (absolute).
+    pub output_dir: PathBuf,
+    /// Default platform of images.
+    pub platform: Option<Platform>,
+}
+
+/// Where the build time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epoch {
+    /// Fixed seconds.
+    Seconds(i64),
+    /// The last commit's time.
+    Git,
+}
+
+/// A label setting of auto labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelValue {
+    /// Derived (from git, or the build time).
+    Derive,
+    /// Derived from git even for `created` (the last commit's time).
+    Git,
+    /// Left out.
+    Off,
+    /// This value.
+    Fixed(String),
+}
+
+/// Resolved auto labels of one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoLabels {
+    /// `org.opencontainers.image.revision`.
+    pub revision: LabelValue,
+    /// `org.opencontainers.image.ref.name`.
+    pub ref_name: LabelValue,
+    /// `org.opencontainers.image.created`.
+    pub created: LabelValue,
+}
+
+impl AutoLabels {
+    /// All off.
+    pub fn off() -> Self {
+        AutoLabels {
+            revision: LabelValue::Off,
+            ref_name: LabelValue::Off,
+            created: LabelValue::Off,
+        }
+    }
+
+    /// Whether any label is produced.
+    pub fn any(&self) -> bool {
+        *self != AutoLabels::off()
+    }
+
+    fn derive_all() -> Self {
+        AutoLabels {
+            revision: LabelValue::Derive,
+            ref_name: LabelValue::Derive,
+            created: LabelValue::Derive,
+        }
+    }
+
+    fn apply(mut self, spec: &AutoLabelsSpec) -> Self {
+        match spec {
+            AutoLabelsSpec::Switch(false) => AutoLabels::off(),
+            AutoLabelsSpec::Switch(true) => {
+                if !self.any() {
+                    self = AutoLabels::derive_all();
+                }
+                self
+            }
+            AutoLabelsSpec::Table(t) => {
+                if !self.any() {
+                    self = AutoLabels::derive_all();
+                }
+                let value = |v: &Option<String>, current: LabelValue| match v.as_deref() {
+                    None => current,
+                    Some("none") => LabelValue::Off,
+                    Some("git") => LabelValue::Git,
+                    Some(s) => LabelValue::Fixed(s.to_owned()),
+                };
+                AutoLabels {
+                    revision: value(&t.revision, self.revision),
+                    ref_name: value(&t.ref_name, self.ref_name),
+                    created: value(&t.created, self.created),
+                }
+            }
+        }
+    }
+}
+
+/// A `[layer.NAME]` target.
+#[derive(Debug, Clone)]
+pub struct LayerTarget {
+    /// The name.
+    pub name: String,
+    /// The spec, with project defaults (compression) applied.
+    pub spec: LayerSpec,
+    /// Where its table starts.
+    pub at: LineCol,
+}
+
+/// What an image is built on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseRef {
+    /// Nothing, or an OCI layout (absolute directory).
+    Fixed(Base),
+    /// Another image target.
+    Image(String),
+}
+
+/// An `[image.NAME]` target.
+#[derive(Debug, Clone)]
+pub struct ImageTarget {
+    /// The name.
+    pub name: String,
+    /// The base.
+    pub base: BaseRef,
+    /// Layer targets, base first.
+    pub layers: Vec<String>,
+    /// Platform requested (picks from an index base; the platform of a scratch image).
+    pub platform: Option<Platform>,
+    /// Config edits.
+    pub edits: ConfigEdits,
+    /// Manifest annotations (inline ones win over the file's).
+    pub annotations: BTreeMap<String, String>,
+    /// Auto labels.
+    pub auto_labels: AutoLabels,
+    /// Registry references to publish to.
+    pub tags: Vec<Reference>,
+    /// The tag inside the output layout.
+    pub layout_tag: String,
+    /// The output layout directory (absolute).
+    pub output: PathBuf,
+    /// For artifacts.
+    pub artifact_type: Option<String>,
+    /// Where its table starts.
+    pub at: LineCol,
+}
+
+/// A target of the graph.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TargetRef {
+    /// A layer.
+    Layer(String),
+    /// An image.
+    Image(String),
+}
+
+impl TargetRef {
+    /// The target's name.
+    pub fn name(&self) -> &str {
+        match self {
+            TargetRef::Layer(n) | TargetRef::Image(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetRef::Layer(n) => write!(f, "layer.{n}"),
+            TargetRef::Image(n) => write!(f, "image.{n}"),
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.len() <= 128
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    spans: &'a SpanIndex,
+    problems: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, key: KeyPath, message: impl Into<String>) {
+        self.problems.push(Diagnostic {
+            file: self.file.to_owned(),
+            at: self.spans.locate(&key),
+            key: Some(key),
+            message: message.into(),
+        });
+    }
+}
+
+fn kp(segs: &[&str]) -> KeyPath {
+    KeyPath::new(segs.iter().map(|s| Seg::from(*s)))
+}
+
+impl Project {
+    /// Loads and validates the project file at `file`.
+    pub fn load(file: &Path) -> Result<Self, Error> {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Read {
+            path: file.clone(),
+            source,
+        })?;
+        Self::from_text(&file, &text)
+    }
+
+    /// Parses and validates `text` as the project file `file` (relative paths are taken from its
+    /// directory).
+    pub fn from_text(file: &Path, text: &str) -> Result<Self, Error> {
+        let dir = file
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let spans = SpanIndex::new(text);
+        let parsed: ProjectFile = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map_or(LineCol { line: 1, column: 1 }, |s| spans.line_col(s.start));
+            Error::Invalid(vec![Diagnostic {
+                file: file.to_owned(),
+                at,
+                key: None,
+                message: e.message().trim_end().to_owned(),
+            }])
+        })?;
+        let mut c = Checker {
+            file,
+            spans: &spans,
+            problems: Vec::new(),
+        };
+        let settings = check_settings(&mut c, &parsed, &dir);
+        let mut layers = BTreeMap::new();
+        for (name, spec) in &parsed.layer {
+            let at_key = kp(&["layer", name]);
+            if !valid_name(name) {
+                c.report(
+                    at_key.clone(),
+                    "target names start with a letter or digit and use letters, digits, '-', '_', '.'",
+                );
+            }
+            let mut spec = spec.clone();
+            if spec.compression.is_none() && spec.tar.is_none() && spec.file.is_none() {
+                spec.compression.clone_from(&parsed.settings.compression);
+                if spec.level.is_none() {
+                    spec.level = parsed.settings.level;
+                }
+            }
+            for p in spec.check(&dir) {
+                let mut key = at_key.clone();
+                for f in p.field {
+                    key = match f {
+                        Field::Key(k) => key.join(Seg::Key(k)),
+                        Field::Index(i) => key.join(i),
+                    };
+                }
+                c.report(key, p.message);
+            }
+            layers.insert(
+                name.clone(),
+                LayerTarget {
+                    name: name.clone(),
+                    spec,
+                    at: spans.locate(&at_key),
+                },
+            );
+        }
+        let mut images = BTreeMap::new();
+        for (name, spec) in &parsed.image {
+            let at_key = kp(&["image", name]);
+            if !valid_name(name) {
+                c.report(
+                    at_key.clone(),
+                    "target names start with a letter or digit and use letters, digits, '-', '_', '.'",
+                );
+            }
+            if parsed.layer.contains_key(name) {
+                c.report(
+                    at_key.clone(),
+                    format!("the name {name:?} is also a layer; target names must be unique"),
+                );
+            }
+            let image = check_image(&mut c, name, spec, &parsed, &settings, &dir);
+            images.insert(name.clone(), image);
+        }
+        check_cycles(&mut c, &images);
+        if !c.problems.is_empty() {
+            let mut problems = c.problems;
+            problems.sort_by_key(|d| (d.at.line, d.at.column));
+            return Err(Error::Invalid(problems));
+        }
+        Ok(Project {
+            file: file.to_owned(),
+            dir,
+            settings,
+            layers,
+            images,
+            spans,
+        })
+    }
+
+    /// Finds the project file: `file` if given, else `gantry.toml` in `dir`.
+    pub fn locate(dir: &Path, file: Option<&Path>) -> PathBuf {
+        match file {
+            Some(f) => dir.join(f),
+            None => dir.join(PROJECT_FILE),
+        }
+    }
+
+    /// The line and column of a key, for errors found while building.
+    pub fn locate_key(&self, key: &KeyPath) -> LineCol {
+        self.spans.locate(key)
+    }
+
+    /// The direct dependencies of a target.
+    pub fn deps(&self, t: &TargetRef) -> Vec<TargetRef> {
+        match t {
+            TargetRef::Layer(_) => Vec::new(),
+            TargetRef::Image(n) => {
+                let img = &self.images[n];
+                let mut d: Vec<TargetRef> = Vec::new();
+                if let BaseRef::Image(b) = &img.base {
+                    d.push(TargetRef::Image(b.clone()));
+                }
+                for l in &img.layers {
+                    let r = TargetRef::Layer(l.clone());
+                    if !d.contains(&r) {
+                        d.push(r);
+                    }
+                }
+                d
+            }
+        }
+    }
+
+    /// The targets to build for `requested` names (every image when empty), with all their
+    /// dependencies, each listed after its dependencies.
+    pub fn plan(&self, requested: &[String]) -> Result<Vec<TargetRef>, Error> {
+        let roots: Vec<TargetRef> = if requested.is_empty() {
+            self.images.keys().cloned().map(TargetRef::Image).collect()
+        } else {
+            requested
+                .iter()
+                .map(|n| self.target(n))
+                .collect::<Result<_, _>>()?
+        };
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        for r in roots {
+            self.visit(&r, &mut seen, &mut order);
+        }
+        Ok(order)
+    }
+
+    fn visit(&self, t: &TargetRef, seen: &mut BTreeSet<TargetRef>, order: &mut Vec<TargetRef>) {
+        if !seen.insert(t.clone()) {
+            return;
+        }
+        for d in self.deps(t) {
+            self.visit(&d, seen, order);
+        }
+        order.push(t.clone());
+    }
+
+    /// The target with this name.
+    pub fn target(&self, name: &str) -> Result<TargetRef, Error> {
+        if self.layers.contains_key(name) {
+            Ok(TargetRef::Layer(name.to_owned()))
+        } else if self.images.contains_key(name) {
+            Ok(TargetRef::Image(name.to_owned()))
+        } else {
+            let known: Vec<&str> = self
+                .images
+                .keys()
+                .chain(self.layers.keys())
+                .map(String::as_str)
+                .collect();
+            Err(Error::UnknownTarget {
+                file: self.file.clone(),
+                name: name.to_owned(),
+                known: known.join(", "),
+            })
+        }
+    }
+}
+
+fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Settings {
+    let s = &parsed.settings;
+    if let Err(e) =
+        gantry_layer::Compressor::parse(s.compression.as_deref().unwrap_or("gzip"), s.level)
+    {
+        c.report(kp(&["settings", "compression"]), e.to_string());
+    }
+    let source_date_epoch = match &s.source_date_epoch {
+        None => None,
+        Some(EpochSpec::Seconds(n)) if *n >= 0 => Some(Epoch::Seconds(*n)),
+        Some(EpochSpec::Word(w)) if w == "git" => Some(Epoch::Git),
+        Some(other) => {
+            c.report(
+                kp(&["settings", "source-date-epoch"]),
+                format!("expected non-negative seconds or \"git\", found {other:?}"),
+            );
+            None
+        }
+    };
+    let platform = s.platform.as_ref().and_then(|p| match Platform::parse(p) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            c.report(kp(&["settings", "platform"]), e.to_string());
+            None
+        }
+    });
+    Settings {
+        source_date_epoch,
+        output_dir: dir.join(s.output_dir.as_deref().unwrap_or(DEFAULT_OUTPUT_DIR)),
+        platform,
+    }
+}
+
+fn check_image(
+    c: &mut Checker<'_>,
+    name: &str,
+    spec: &ImageSpec,
+    parsed: &ProjectFile,
+    settings: &Settings,
+    dir: &Path,
+) -> ImageTarget {
+    let at = kp(&["image", name]);
+    let base = match spec.base.as_deref().unwrap_or("scratch") {
+        "scratch" => BaseRef::Fixed(Base::Scratch),
+        b if b.starts_with("oci:") => match Base::parse(b) {
+            Ok(Base::Layout { dir: d, selector }) => {
+                let d = dir.join(d);
+                if !d.join("oci-layout").is_file() {
+                    c.report(
+                        at.join("base"),
+                        format!("{} is not an OCI image layout", d.display()),
+                    );
+                }
+                BaseRef::Fixed(Base::Layout { dir: d, selector })
+            }
+            Ok(other) => BaseRef::Fixed(other),
+            Err(e) => {
+                c.report(at.join("base"), e.to_string());
+                BaseRef::Fixed(Base::Scratch)
+            }
+        },
+        b if parsed.image.contains_key(b) => BaseRef::Image(b.to_owned()),
+        b if parsed.layer.contains_key(b) => {
+            c.report(at.join("base"), format!("{b:?} is a layer, not an image"));
+            BaseRef::Fixed(Base::Scratch)
+        }
+        b => {
+            c.report(
+                at.join("base"),
+                format!(
+                    "unknown base {b:?}: expected \"scratch\", \"oci:DIR[:TAG]\" or an image target"
+                ),
+            );
+            BaseRef::Fixed(Base::Scratch)
+        }
+    };
+    for (i, l) in spec.layers.iter().enumerate() {
+        if !parsed.layer.contains_key(l) {
+            let hint = if parsed.image.contains_key(l) {
+                " (it is an image; use it as a base)".to_owned()
+            } else {
+                String::new()
+            };
+            c.report(
+                at.join("layers").join(i),
+                format!("no layer named {l:?}{hint}"),
+            );
+        }
+    }
+    let platform = match &spec.platform {
+        Some(p) => match Platform::parse(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.report(at.join("platform"), e.to_string());
+                None
+            }
+        },
+        None => settings.platform.clone(),
+    };
+    for k in spec.env.keys() {
+        if let Err(e) = gantry_image::parse_env(&format!("{k}=")) {
+            c.report(at.join("env").join(Seg::Key(k.clone())), e.to_string());
+        }
+    }
+    for k in spec.labels.keys() {
+        if let Err(e) = validate_label_key(k) {
+            c.report(at.join("labels").join(Seg::Key(k.clone())), e.to_string());
+        }
+    }
+    for (i, p) in spec.ports.iter().enumerate() {
+        if let Err(e) = normalize_port(p) {
+            c.report(at.join("ports").join(i), e.to_string());
+        }
+    }
+    let edits = ConfigEdits {
+        entrypoint: spec.entrypoint.clone(),
+        cmd: spec.cmd.clone(),
+        env: spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        user: spec.user.clone(),
+        workdir: spec.workdir.clone(),
+        ports: spec.ports.clone(),
+        volumes: spec.volumes.clone(),
+        labels: spec.labels.clone(),
+        stop_signal: spec.stop_signal.clone(),
+        os: spec.os.clone(),
+        architecture: spec.architecture.clone(),
+        variant: spec.variant.clone(),
+        author: spec.author.clone(),
+    };
+    // Fields not checked one by one above (volumes, workdir, user, stop signal).
+    for (field, check) in [
+        (
+            "volumes",
+            ConfigEdits {
+                volumes: edits.volumes.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "workdir",
+            ConfigEdits {
+                workdir: edits.workdir.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "user",
+            ConfigEdits {
+                user: edits.user.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "stop-signal",
+            ConfigEdits {
+                stop_signal: edits.stop_signal.clone(),
+                ..Default::default()
+            },
+        ),
+    ] {
+        if let Err(e) = check.validate() {
+            c.report(at.join(field), e.to_string());
+        }
+    }
+    let mut annotations = BTreeMap::new();
+    if let Some(f) = &spec.annotations_file {
+        match gantry_layer::spec::read_kv_file(&dir.join(f)) {
+            Ok(kv) => annotations.extend(kv),
+            Err(e) => c.report(at.join("annotations-file"), e.to_string()),
+        }
+    }
+    for (k, v) in &spec.annotations {
+        if k.is_empty() {
+            c.report(at.join("annotations"), "annotation keys must not be empty");
+        }
+        annotations.insert(k.clone(), v.clone());
+    }
+    let mut tags = Vec::new();
+    for (i, t) in spec.tags.iter().enumerate() {
+        match Reference::parse(t) {
+            Ok(r) if r.digest().is_some() => c.report(
+                at.join("tags").join(i),
+                "a tag to publish to cannot carry a digest",
+            ),
+            Ok(r) => tags.push(r),
+            Err(e) => c.report(at.join("tags").join(i), e.to_string()),
+        }
+    }
+    let layout_tag = spec.tag.clone().unwrap_or_else(|| "latest".to_owned());
+    if let Err(e) = gantry_oci::validate_ref_name(&layout_tag) {
+        c.report(at.join("tag"), e);
+    }
+    if let Some(t) = &spec.artifact_type {
+        if let Err(e) = gantry_oci::validate_media_type(t) {
+            c.report(at.join("artifact-type"), e);
+        }
+        if !matches!(base, BaseRef::Fixed(Base::Scratch)) {
+            c.report(
+                at.join("base"),
+                "an artifact (artifact-type) has no base image",
+            );
+        }
+    }
+    let mut auto_labels = AutoLabels::off();
+    if let Some(s) = &parsed.settings.auto_labels {
+        auto_labels = auto_labels.apply(s);
+    }
+    if let Some(s) = &spec.auto_labels {
+        auto_labels = auto_labels.apply(s);
+    }
+    ImageTarget {
+        name: name.to_owned(),
+        base,
+        layers: spec.layers.clone(),
+        platform,
+        edits,
+        annotations,
+        auto_labels,
+        tags,
+        layout_tag,
+        output: match &spec.output {
+            Some(o) => dir.join(o),
+            None => settings.output_dir.join(name),
+        },
+        artifact_type: spec.artifact_type.clone(),
+        at: c.spans.locate(&at),
+    }
+}
+
+/// Reports every cycle of images built on each other (at the `base` key of each image in it).
+fn check_cycles(c: &mut Checker<'_>, images: &BTreeMap<String, ImageTarget>) {
+    let mut reported = BTreeSet::new();
+    for start in images.keys() {
+        let mut chain = vec![start.clone()];
+        let mut cur = start.clone();
+        while let Some(BaseRef::Image(next)) = images.get(&cur).map(|i| &i.base) {
+            if let Some(pos) = chain.iter().position(|n| n == next) {
+                let cycle: Vec<String> = chain[pos..].to_vec();
+                let mut key = cycle.clone();
+                key.sort();
+                if reported.insert(key) {
+                    let mut shown = cycle.clone();
+                    shown.push(next.clone());
+                    c.report(
+                        kp(&["image", &cycle[0], "base"]),
+                        format!(
+                            "images are built on each other in a cycle: {}",
+                            shown.join(" -> ")
+                        ),
+                    );
+                }
+                break;
+            }
+            chain.push(next.clone());
+            cur = next.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

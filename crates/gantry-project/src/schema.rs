@@ -1,0 +1,152 @@
+//! The serde schema of `gantry.toml`. Unknown keys are errors everywhere.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use gantry_layer::LayerSpec;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectFile {
+    /// Project-wide settings.
+    #[serde(default)]
+    pub settings: SettingsSpec,
+    /// `[layer.NAME]` tables.
+    #[serde(default)]
+    pub layer: BTreeMap<String, LayerSpec>,
+    /// `[image.NAME]` tables.
+    #[serde(default)]
+    pub image: BTreeMap<String, ImageSpec>,
+}
+
+/// `[settings]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SettingsSpec {
+    /// Default compression of layers (`gzip`, `zstd`, `none`).
+    pub compression: Option<String>,
+    /// Default compression level.
+    pub level: Option<i32>,
+    /// Epoch seconds, or `"git"` for the last commit's time. `SOURCE_DATE_EPOCH` overrides.
+    pub source_date_epoch: Option<EpochSpec>,
+    /// Where images are written (default `gantry-out`), relative to the project.
+    pub output_dir: Option<String>,
+    /// Auto labels for every image (default off).
+    pub auto_labels: Option<AutoLabelsSpec>,
+    /// Default platform of images (default: this machine's).
+    pub platform: Option<String>,
+}
+
+/// `source-date-epoch`: seconds or `"git"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum EpochSpec {
+    /// Seconds since the epoch.
+    Seconds(i64),
+    /// A word (`git`).
+    Word(String),
+}
+
+/// `[image.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ImageSpec {
+    /// `scratch`, `oci:DIR[:TAG]` or the name of another image target (default `scratch`).
+    pub base: Option<String>,
+    /// Layer targets, base first.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// `os/arch[/variant]`: picks from an index base, and is the platform of a scratch image.
+    pub platform: Option<String>,
+    /// Entrypoint argv.
+    pub entrypoint: Option<Vec<String>>,
+    /// Cmd argv.
+    pub cmd: Option<Vec<String>>,
+    /// Environment, merged by key with the base's.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// User.
+    pub user: Option<String>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// Exposed ports.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Volumes.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Stop signal.
+    pub stop_signal: Option<String>,
+    /// OS of the config.
+    pub os: Option<String>,
+    /// Architecture of the config.
+    pub architecture: Option<String>,
+    /// Variant of the config.
+    pub variant: Option<String>,
+    /// Author.
+    pub author: Option<String>,
+    /// Manifest annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// A file of `KEY=VALUE` annotation lines.
+    pub annotations_file: Option<String>,
+    /// Auto labels (overrides `[settings]`).
+    pub auto_labels: Option<AutoLabelsSpec>,
+    /// Registry references to publish to (`registry/repo:tag`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The tag inside the output layout (default `latest`).
+    pub tag: Option<String>,
+    /// The output layout directory (default `<output-dir>/<name>`).
+    pub output: Option<String>,
+    /// Build an OCI artifact of this type instead of a runnable image.
+    pub artifact_type: Option<String>,
+}
+
+/// `auto-labels = true | false | { revision = "…", ref-name = "none", created = "git" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutoLabelsSpec {
+    /// All on or all off.
+    Switch(bool),
+    /// On, with some labels overridden or switched off.
+    Table(AutoLabelsTable),
+}
+
+/// The table form of [`AutoLabelsSpec`]. Each value is a fixed label value, or `none` to leave
+/// the label out; a missing key means "derive it".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AutoLabelsTable {
+    /// `org.opencontainers.image.revision` (default: git HEAD).
+    pub revision: Option<String>,
+    /// `org.opencontainers.image.ref.name` (default: the git branch).
+    pub ref_name: Option<String>,
+    /// `org.opencontainers.image.created` (default: SOURCE_DATE_EPOCH; `git`: last commit).
+    pub created: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for AutoLabelsSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AutoLabelsSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or a table { revision, ref-name, created }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<AutoLabelsSpec, E> {
+                Ok(AutoLabelsSpec::Switch(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AutoLabelsSpec, A::Error> {
+                AutoLabelsTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(AutoLabelsSpec::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
