@@ -23,20 +23,23 @@ cp -a "$TREE" "$W/tree"
 python3 - "$W/tree" "$W/gantry.toml" "$W/groups" <<'PY'
 import os, sys
 tree, out, groups_file = sys.argv[1:]
-entries = []
-for top in sorted(os.listdir(tree)):
-    p = os.path.join(tree, top)
-    if os.path.isdir(p) and not os.path.islink(p):
-        for sub in sorted(os.listdir(p)):
-            entries.append(os.path.join(top, sub))
-    else:
-        entries.append(top)
-# Balance by size: largest first onto the lightest group.
 def size(rel):
     p = os.path.join(tree, rel)
     if os.path.islink(p) or not os.path.isdir(p):
         return os.lstat(p).st_size
     return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(p) for f in fs)
+# Split any directory bigger than a twentieth of the tree into its entries, so 10 layers can
+# be balanced.
+limit = size(".") / 20
+entries, todo = [], sorted(os.listdir(tree))
+while todo:
+    rel = todo.pop(0)
+    p = os.path.join(tree, rel)
+    if os.path.isdir(p) and not os.path.islink(p) and size(rel) > limit:
+        todo.extend(os.path.join(rel, c) for c in sorted(os.listdir(p)))
+    else:
+        entries.append(rel)
+# Balance by size: largest first onto the lightest group.
 groups = [[0, []] for _ in range(10)]
 for rel in sorted(entries, key=size, reverse=True):
     g = min(groups, key=lambda g: g[0])

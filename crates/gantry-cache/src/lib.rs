@@ -21,4 +21,4 @@ pub mod stat;
 
 pub use action::{ActionCache, CACHE_FORMAT_VERSION, CacheKey, Entry, KeyHasher};
 pub use error::{Error, Result};
-pub use stat::{StatCache, StatKey};
+pub use stat::{StatCache, StatKey, hash_file};

@@ -367,50 +367,83 @@ impl StatCache {
     ///
     /// Lookups are fastest in path-byte order, the order of the cache file.
     pub fn digest(&mut self, path: &Path, key: StatKey) -> io::Result<Digest> {
+        if let Some(d) = self.lookup(path, key) {
+            return Ok(d);
+        }
+        let started = SystemTime::now();
+        #[cfg(test)]
+        let mut hook: HookRef<'_> = self
+            .read_hook
+            .as_deref_mut()
+            .map(|h| h as &mut (dyn FnMut(&Path) + Send + Sync));
+        #[cfg(not(test))]
+        let mut hook: HookRef<'_> = None;
+        let result = hash_with(path, key, Algorithm::Sha256, &mut self.buf, &mut hook);
+        match &result {
+            Ok(d) => self.record(path, key, d, started),
+            Err(_) => self.forget(path),
+        }
+        result
+    }
+
+    /// The digest of `path` if the cache has an entry with exactly `key` (a hit); `None`
+    /// otherwise, without touching the file. For callers that hash misses themselves (in
+    /// parallel, outside a lock) and then [`Self::record`] them.
+    pub fn lookup(&mut self, path: &Path, key: StatKey) -> Option<Digest> {
         let name = path.as_os_str().as_bytes();
-        let mut loaded = None;
         match self.overlay.get(name) {
             Some(Some(record)) if record.key == key => {
                 self.hits += 1;
-                return Ok(digest_from_raw(&record.digest));
+                return Some(digest_from_raw(&record.digest));
             }
-            Some(_) => {}
-            None => {
-                if let Some(i) = self.base.find(name, self.hint) {
-                    self.hint = i + 1;
-                    self.touched[i] = true;
-                    let record = self.base.record(i);
-                    if record.key == key {
-                        self.hits += 1;
-                        // Refreshed at save time, so at most one rewrite a day.
-                        self.dirty |= record.day != self.today;
-                        return Ok(digest_from_raw(&record.digest));
-                    }
-                    loaded = Some(i);
-                }
-            }
+            Some(_) => return None,
+            None => {}
         }
+        let i = self.base.find(name, self.hint)?;
+        self.hint = i + 1;
+        self.touched[i] = true;
+        let record = self.base.record(i);
+        if record.key != key {
+            return None;
+        }
+        self.hits += 1;
+        // Refreshed at save time, so at most one rewrite a day.
+        self.dirty |= record.day != self.today;
+        Some(digest_from_raw(&record.digest))
+    }
 
+    /// Records that `path`, in the state `key`, hashed to `digest` when hashing began at
+    /// `hashed_at` (from [`hash_file`]); counts a miss. A racy file (see the module
+    /// documentation) is not recorded, and any outdated entry for it is dropped.
+    pub fn record(&mut self, path: &Path, key: StatKey, digest: &Digest, hashed_at: SystemTime) {
         self.misses += 1;
-        let started = SystemTime::now();
-        let result = self.hash(path, key, Algorithm::Sha256);
-        let record = match &result {
-            Ok(digest) if !self.is_racy(&key, started) && name.len() <= MAX_PATH_LEN => {
-                Some(Record {
-                    key,
-                    digest: raw_sha256(digest),
-                    day: self.today,
-                })
-            }
-            _ => None,
-        };
-        // Keep an overlay entry when it records something or hides an outdated one.
-        let had_entry = loaded.is_some() || self.overlay.get(name).is_some_and(Option::is_some);
+        let name = path.as_os_str().as_bytes();
+        let record =
+            (!self.is_racy(&key, hashed_at) && name.len() <= MAX_PATH_LEN).then(|| Record {
+                key,
+                digest: raw_sha256(digest),
+                day: self.today,
+            });
+        self.set(name, record);
+    }
+
+    fn forget(&mut self, path: &Path) {
+        self.misses += 1;
+        self.set(path.as_os_str().as_bytes(), None);
+    }
+
+    /// Stores `record` for `name` in the overlay when it records something or hides an
+    /// outdated entry.
+    fn set(&mut self, name: &[u8], record: Option<Record>) {
+        let had_entry = self.overlay.get(name).is_some_and(Option::is_some)
+            || self.base.search(name).is_some_and(|i| {
+                self.touched[i] = true;
+                true
+            });
         if record.is_some() || had_entry {
             self.dirty = true;
             self.overlay.insert(name.into(), record);
         }
-        result
     }
 
     /// Whether the file at `path` has the content `expected`, checked through [`Self::digest`]
@@ -424,7 +457,7 @@ impl StatCache {
             Algorithm::Sha256 => self.digest(path, key)?,
             other => {
                 self.misses += 1;
-                self.hash(path, key, other)?
+                hash_with(path, key, other, &mut self.buf, &mut None)?
             }
         };
         Ok(actual == *expected)
@@ -583,53 +616,6 @@ impl StatCache {
         key.saturated() || key.mtime_ns.max(key.ctime_ns) > limit
     }
 
-    /// Hashes the regular file at `path`, checking that it has `key` before and after.
-    fn hash(&mut self, path: &Path, key: StatKey, algorithm: Algorithm) -> io::Result<Digest> {
-        // O_NONBLOCK: opening a FIFO must not hang; reads of regular files ignore the flag.
-        let mut file = File::options()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(|e| io_error("open", path, e))?;
-        let meta = file.metadata().map_err(|e| io_error("stat", path, e))?;
-        if !meta.is_file() {
-            return Err(Error::NotAFile {
-                path: path.to_owned(),
-            }
-            .into_io(io::ErrorKind::InvalidInput));
-        }
-        if StatKey::of(&meta) != key {
-            return Err(changed(path));
-        }
-
-        if self.buf.is_empty() {
-            self.buf = vec![0; HASH_BUFFER];
-        }
-        let mut hasher = Hasher::new(algorithm);
-        let mut total = 0u64;
-        loop {
-            let n = match file.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_error("read", path, e)),
-            };
-            hasher.update(&self.buf[..n]);
-            total += n as u64;
-            #[cfg(test)]
-            if let Some(hook) = &mut self.read_hook {
-                hook(path);
-            }
-        }
-
-        let after = file.metadata().map_err(|e| io_error("stat", path, e))?;
-        let now_at_path = fs::metadata(path).map(|m| StatKey::of(&m));
-        if total != key.size || StatKey::of(&after) != key || now_at_path.ok() != Some(key) {
-            return Err(changed(path));
-        }
-        Ok(hasher.finish())
-    }
-
     /// The entry `path` would be saved with, if any (for tests).
     #[cfg(test)]
     fn record_of(&self, path: &Path) -> Option<Record> {
@@ -639,6 +625,66 @@ impl StatCache {
             None => self.base.search(name).map(|i| self.base.record(i)),
         }
     }
+}
+
+/// Hashes the regular file at `path` (sha256), checking that it is in the state `key` before
+/// and after: if not, the error (of kind `Other`, wrapping [`Error::ChangedWhileReading`])
+/// says the file changed while being read. A path that does not lead to a regular file is an
+/// `InvalidInput` error wrapping [`Error::NotAFile`].
+pub fn hash_file(path: &Path, key: StatKey) -> io::Result<Digest> {
+    hash_with(path, key, Algorithm::Sha256, &mut Vec::new(), &mut None)
+}
+
+/// A hook called after every read while hashing (tests change files mid-read with it).
+type HookRef<'a> = Option<&'a mut (dyn FnMut(&Path) + Send + Sync)>;
+
+fn hash_with(
+    path: &Path,
+    key: StatKey,
+    algorithm: Algorithm,
+    buf: &mut Vec<u8>,
+    hook: &mut HookRef<'_>,
+) -> io::Result<Digest> {
+    // O_NONBLOCK: opening a FIFO must not hang; reads of regular files ignore the flag.
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| io_error("open", path, e))?;
+    let meta = file.metadata().map_err(|e| io_error("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::NotAFile {
+            path: path.to_owned(),
+        }
+        .into_io(io::ErrorKind::InvalidInput));
+    }
+    if StatKey::of(&meta) != key {
+        return Err(changed(path));
+    }
+    if buf.is_empty() {
+        *buf = vec![0; HASH_BUFFER];
+    }
+    let mut hasher = Hasher::new(algorithm);
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error("read", path, e)),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        if let Some(h) = hook {
+            h(path);
+        }
+    }
+    let after = file.metadata().map_err(|e| io_error("stat", path, e))?;
+    let now_at_path = fs::metadata(path).map(|m| StatKey::of(&m));
+    if total != key.size || StatKey::of(&after) != key || now_at_path.ok() != Some(key) {
+        return Err(changed(path));
+    }
+    Ok(hasher.finish())
 }
 
 /// An `io::Error` of the same kind as `source` that names the path.
@@ -896,6 +942,34 @@ mod tests {
         fs::remove_file(&path).unwrap();
         assert_eq!(cache.digest(&path, key).unwrap(), Digest::sha256(b"first"));
         assert_eq!((cache.hits(), cache.misses()), (2, 1));
+    }
+
+    #[test]
+    fn lookup_hash_file_and_record_split_a_digest() {
+        let (_t, root, scope) = setup();
+        let file = scope.join("f");
+        let key = write(&file, b"split");
+        let mut cache = eager(&root, &scope);
+        assert_eq!(cache.lookup(&file, key), None);
+        let started = SystemTime::now();
+        let d = hash_file(&file, key).unwrap();
+        assert_eq!(d, Digest::sha256(b"split"));
+        cache.record(&file, key, &d, started);
+        assert_eq!(cache.lookup(&file, key), Some(d.clone()));
+        assert_eq!((cache.hits(), cache.misses()), (1, 1));
+        // Another key for the same path is a miss, and hash_file refuses it.
+        let other = StatKey {
+            size: key.size + 1,
+            ..key
+        };
+        assert_eq!(cache.lookup(&file, other), None);
+        assert!(changed_error(&hash_file(&file, other).unwrap_err()));
+        // With the real racy window, a file changed just now is not recorded.
+        let mut strict = StatCache::load(&root, &scope);
+        let racy = scope.join("racy");
+        let rkey = write(&racy, b"now");
+        strict.record(&racy, rkey, &Digest::sha256(b"now"), SystemTime::now());
+        assert_eq!(strict.lookup(&racy, rkey), None);
     }
 
     #[test]

@@ -48,6 +48,26 @@ impl Enc {
 }
 
 impl LayerPlan {
+    /// Every source file whose content the fingerprint depends on, with its state, in the
+    /// order the fingerprint asks for them (path order within a tree).
+    pub fn source_files(&self) -> Result<Vec<(&Path, FileStamp)>, Error> {
+        Ok(match &self.source {
+            LayerSource::Recipe(r) => r
+                .entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EntryKind::File(FileSource::Disk { path, stamp, .. }) => {
+                        Some((path.as_path(), *stamp))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            LayerSource::Tar { path, .. } | LayerSource::Artifact { path, .. } => {
+                vec![(path.as_path(), stamp_of(path)?)]
+            }
+        })
+    }
+
     /// The plan's fingerprint. `digest_of` gives the sha256 of a source file in the state
     /// `stamp` describes (normally from a stat cache, so unchanged files are not read).
     pub fn fingerprint(

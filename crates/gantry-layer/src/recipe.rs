@@ -9,11 +9,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::ffi::OsStr;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, openat, readlinkat, statat};
 
 use crate::meta::{Defaults, Meta, MetaOverride};
 use crate::{Error, ImagePath};
@@ -80,6 +84,18 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// The stamp of a `stat` result (the same values as [`FileStamp::of`] gives for the same
+    /// file).
+    pub fn from_stat(st: &Stat) -> Self {
+        FileStamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_ns: st.st_mtime * 1_000_000_000 + i64::try_from(st.st_mtime_nsec).unwrap_or(0),
+            ctime_ns: st.st_ctime * 1_000_000_000 + i64::try_from(st.st_ctime_nsec).unwrap_or(0),
+        }
+    }
+
     /// The stamp of `md`.
     pub fn of(md: &fs::Metadata) -> Self {
         FileStamp {
@@ -90,6 +106,17 @@ impl FileStamp {
             ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
         }
     }
+}
+
+/// The stamp of the file a path leads to (following symlinks), through the same `stat` call as
+/// tree walks and the tar writer use, so stamps of one file always compare equal.
+fn stamp_of_path(path: &Path) -> Result<FileStamp, Error> {
+    rustix::fs::stat(path)
+        .map(|st| FileStamp::from_stat(&st))
+        .map_err(|e| Error::Source {
+            path: path.to_owned(),
+            source: e.into(),
+        })
 }
 
 /// Where a regular file's bytes come from.
@@ -192,6 +219,15 @@ struct SourceMeta {
 }
 
 impl SourceMeta {
+    fn from_stat(st: &Stat) -> Self {
+        SourceMeta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+        }
+    }
+
     fn of(md: &fs::Metadata) -> Self {
         SourceMeta {
             mode: md.mode() & 0o7777,
@@ -200,6 +236,15 @@ impl SourceMeta {
             mtime: md.mtime(),
         }
     }
+}
+
+/// The state of a tree walk: where it is, relative to the tree root and on disk.
+struct TreeWalk<'a> {
+    dest: &'a ImagePath,
+    filter: &'a TreeFilter,
+    origin: &'a Arc<str>,
+    rel: PathBuf,
+    dir: PathBuf,
 }
 
 /// Include and exclude globs for a directory tree. A pattern without `/` matches an entry's
@@ -350,9 +395,9 @@ impl RecipeBuilder {
         self.preserve = p;
     }
 
-    fn note_source(&mut self, path: &ImagePath, md: &fs::Metadata) {
+    fn note_source(&mut self, path: &ImagePath, meta: SourceMeta) {
         if self.preserve.any() {
-            self.source_meta.insert(path.clone(), SourceMeta::of(md));
+            self.source_meta.insert(path.clone(), meta);
         }
     }
 
@@ -415,14 +460,14 @@ impl RecipeBuilder {
             });
         }
         let origin: Arc<str> = Arc::from(format!("file {}", src.display()));
-        self.note_source(&dest, &md);
+        self.note_source(&dest, SourceMeta::of(&md));
         self.insert(
             dest,
             ItemKind::DiskFile {
                 src: src.to_owned(),
                 exec: md.mode() & 0o100 != 0,
                 nlink: md.nlink(),
-                stamp: FileStamp::of(&md),
+                stamp: stamp_of_path(src)?,
             },
             &origin,
         )
@@ -448,117 +493,187 @@ impl RecipeBuilder {
         }
         let origin: Arc<str> = Arc::from(format!("directory {}", src.display()));
         if !dest.is_root() {
-            self.note_source(&dest, &md);
+            self.note_source(&dest, SourceMeta::of(&md));
             self.insert(dest.clone(), ItemKind::Dir { implicit: false }, &origin)?;
         }
-        let mut walk = walkdir::WalkDir::new(src)
-            .follow_links(false)
-            .min_depth(1)
-            .into_iter();
-        while let Some(next) = walk.next() {
-            let entry = next.map_err(|e| Error::Source {
-                path: e.path().unwrap_or(src).to_owned(),
-                source: e.into_io_error().unwrap_or_else(|| {
-                    std::io::Error::other("filesystem loop while walking the directory")
-                }),
-            })?;
-            let rel = entry
-                .path()
-                .strip_prefix(src)
-                .expect("walkdir yields paths under its root");
-            let ft = entry.file_type();
-            if filter.exclude.as_ref().is_some_and(|m| m.is_match(rel)) {
-                if ft.is_dir() {
-                    walk.skip_current_dir();
-                }
-                continue;
+        let fd = rustix::fs::open(
+            src,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Source {
+            path: src.to_owned(),
+            source: e.into(),
+        })?;
+        let mut walk = TreeWalk {
+            dest: &dest,
+            filter,
+            origin: &origin,
+            rel: PathBuf::new(),
+            dir: src.to_owned(),
+        };
+        self.walk_dir(fd, &mut walk)
+    }
+
+    /// Walks one directory of a tree through its file descriptor: entries are stat'ed relative
+    /// to it (no full path resolution per file) and subdirectories opened from it without
+    /// following symlinks.
+    fn walk_dir(&mut self, fd: OwnedFd, w: &mut TreeWalk<'_>) -> Result<(), Error> {
+        let dir_err = |dir: &Path| {
+            let dir = dir.to_owned();
+            move |e: rustix::io::Errno| Error::Source {
+                path: dir.clone(),
+                source: e.into(),
             }
-            let included = filter.include.as_ref().is_none_or(|m| m.is_match(rel));
-            if ft.is_dir() && !included {
-                // Added later only if something inside it is included.
-                continue;
+        };
+        let mut dir = Dir::new(fd).map_err(dir_err(&w.dir))?;
+        let mut names: Vec<(Vec<u8>, FileType)> = Vec::new();
+        for entry in dir.by_ref() {
+            let entry = entry.map_err(dir_err(&w.dir))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push((name.to_vec(), entry.file_type()));
             }
-            if !included {
-                continue;
+        }
+        let dfd = dir.fd().map_err(dir_err(&w.dir))?;
+        for (name, mut ft) in names {
+            let os_name = OsStr::from_bytes(&name);
+            let full = w.dir.join(os_name);
+            let src_err = |e: rustix::io::Errno| Error::Source {
+                path: full.clone(),
+                source: e.into(),
+            };
+            let mut stat = None;
+            if ft == FileType::Unknown {
+                let st = statat(dfd, os_name, AtFlags::SYMLINK_NOFOLLOW).map_err(src_err)?;
+                ft = FileType::from_raw_mode(st.st_mode);
+                stat = Some(st);
             }
-            let path = dest.join_relative(rel.as_os_str().as_bytes())?;
-            let kind = self.tree_item(entry.path(), &ft)?;
-            let Some(kind) = kind else { continue };
-            if self.preserve.any() {
-                let md = entry.metadata().map_err(|e| Error::Source {
-                    path: entry.path().to_owned(),
-                    source: e
-                        .into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("stat")),
-                })?;
-                self.note_source(&path, &md);
-            }
-            // Directories between the tree root and this entry belong to the tree. Without an
-            // include filter the walk has already added them (it yields parents first).
-            if filter.include.is_some() {
-                for anc in path.ancestors() {
-                    if anc.as_bytes().len() > dest.as_bytes().len()
-                        && !self.items.contains_key(&anc)
-                    {
-                        self.insert(anc, ItemKind::Dir { implicit: false }, &origin)?;
-                    }
-                }
-            }
-            self.insert(path, kind, &origin)?;
+            w.rel.push(os_name);
+            let result = self.walk_entry(dfd, &name, ft, stat, &full, w);
+            w.rel.pop();
+            result?;
         }
         Ok(())
     }
 
-    fn tree_item(&mut self, p: &Path, ft: &fs::FileType) -> Result<Option<ItemKind>, Error> {
-        let src_err = |source| Error::Source {
-            path: p.to_owned(),
-            source,
+    fn walk_entry(
+        &mut self,
+        dfd: BorrowedFd<'_>,
+        name: &[u8],
+        ft: FileType,
+        stat: Option<Stat>,
+        full: &Path,
+        w: &mut TreeWalk<'_>,
+    ) -> Result<(), Error> {
+        let os_name = OsStr::from_bytes(name);
+        let src_err = |e: rustix::io::Errno| Error::Source {
+            path: full.to_owned(),
+            source: e.into(),
         };
-        if ft.is_dir() {
-            return Ok(Some(ItemKind::Dir { implicit: false }));
+        let is_dir = ft == FileType::Directory;
+        if w.filter
+            .exclude
+            .as_ref()
+            .is_some_and(|m| m.is_match(&w.rel))
+        {
+            // An excluded directory goes with everything in it.
+            return Ok(());
         }
-        if ft.is_symlink() {
-            let target = fs::read_link(p).map_err(src_err)?;
-            return Ok(Some(ItemKind::Symlink(
-                target.as_os_str().as_bytes().to_vec(),
-            )));
+        let included = w.filter.include.as_ref().is_none_or(|m| m.is_match(&w.rel));
+        let needs_stat =
+            !matches!(ft, FileType::Directory | FileType::Symlink) || self.preserve.any();
+        let stat = match stat {
+            Some(st) => Some(st),
+            None if included && needs_stat => {
+                Some(statat(dfd, os_name, AtFlags::SYMLINK_NOFOLLOW).map_err(src_err)?)
+            }
+            None => None,
+        };
+        if included {
+            let path = w.dest.join_relative(w.rel.as_os_str().as_bytes())?;
+            let kind = match ft {
+                FileType::Directory => Some(ItemKind::Dir { implicit: false }),
+                FileType::Symlink => {
+                    let target = readlinkat(dfd, os_name, Vec::new()).map_err(src_err)?;
+                    Some(ItemKind::Symlink(target.into_bytes()))
+                }
+                _ => self.special_item(full, ft, stat.as_ref().expect("stat'ed above")),
+            };
+            if let Some(kind) = kind {
+                if let Some(st) = &stat {
+                    self.note_source(&path, SourceMeta::from_stat(st));
+                }
+                // Directories between the tree root and this entry belong to the tree. Without
+                // an include filter the walk has already added them (parents come first).
+                if w.filter.include.is_some() {
+                    for anc in path.ancestors() {
+                        if anc.as_bytes().len() > w.dest.as_bytes().len()
+                            && !self.items.contains_key(&anc)
+                        {
+                            self.insert(anc, ItemKind::Dir { implicit: false }, w.origin)?;
+                        }
+                    }
+                }
+                self.insert(path, kind, w.origin)?;
+            }
         }
-        let md = fs::symlink_metadata(p).map_err(src_err)?;
-        let perm = md.mode() & 0o7777;
+        if is_dir {
+            // Walked even when not included itself: something inside may be.
+            let child = openat(
+                dfd,
+                os_name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(src_err)?;
+            let parent = std::mem::replace(&mut w.dir, full.to_owned());
+            let r = self.walk_dir(child, w);
+            w.dir = parent;
+            r?;
+        }
+        Ok(())
+    }
+
+    /// A regular file, fifo or device of a tree; sockets are skipped with a warning.
+    fn special_item(&mut self, full: &Path, ft: FileType, st: &Stat) -> Option<ItemKind> {
+        let perm = st.st_mode & 0o7777;
         let dev = || {
-            let rdev = md.rdev();
+            let rdev = st.st_rdev;
             (rustix::fs::major(rdev), rustix::fs::minor(rdev))
         };
-        Ok(Some(if ft.is_file() {
-            ItemKind::DiskFile {
-                src: p.to_owned(),
-                exec: md.mode() & 0o100 != 0,
-                nlink: md.nlink(),
-                stamp: FileStamp::of(&md),
+        Some(match ft {
+            FileType::RegularFile => ItemKind::DiskFile {
+                src: full.to_owned(),
+                exec: st.st_mode & 0o100 != 0,
+                nlink: st.st_nlink,
+                stamp: FileStamp::from_stat(st),
+            },
+            FileType::Fifo => ItemKind::Fifo { mode: perm },
+            FileType::CharacterDevice => {
+                let (major, minor) = dev();
+                ItemKind::Char {
+                    major,
+                    minor,
+                    mode: perm,
+                }
             }
-        } else if ft.is_fifo() {
-            ItemKind::Fifo { mode: perm }
-        } else if ft.is_char_device() {
-            let (major, minor) = dev();
-            ItemKind::Char {
-                major,
-                minor,
-                mode: perm,
+            FileType::BlockDevice => {
+                let (major, minor) = dev();
+                ItemKind::Block {
+                    major,
+                    minor,
+                    mode: perm,
+                }
             }
-        } else if ft.is_block_device() {
-            let (major, minor) = dev();
-            ItemKind::Block {
-                major,
-                minor,
-                mode: perm,
+            _ => {
+                self.warnings.push(format!(
+                    "skipped socket {} (sockets cannot be archived)",
+                    full.display()
+                ));
+                return None;
             }
-        } else {
-            self.warnings.push(format!(
-                "skipped socket {} (sockets cannot be archived)",
-                p.display()
-            ));
-            return Ok(None);
-        }))
+        })
     }
 
     /// Adds a file with inline content.

@@ -121,7 +121,8 @@ fn copy_file(
             reason: format!("it grew while being read ({size} bytes expected)"),
         });
     }
-    if FileStamp::of(&f.metadata().map_err(src_err)?) != *stamp {
+    let now = rustix::fs::fstat(&f).map_err(|e| src_err(e.into()))?;
+    if FileStamp::from_stat(&now) != *stamp {
         return Err(Error::SourceChanged {
             path: path.to_owned(),
             reason: "it was modified after the layer was planned".to_owned(),

@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_cache::{ActionCache, KeyHasher, StatCache, StatKey};
 use gantry_image::{Base, BlobSource, Built, Image};
-use gantry_layer::{LayerInfo, LayerPlan};
+use gantry_layer::{FileStamp, LayerInfo, LayerPlan};
 use gantry_oci::{Digest, Platform, annotations};
 use gantry_project::{BaseRef, Epoch, ImageTarget, LabelValue, Project, TargetRef};
 use gantry_store::{Layout, Store};
@@ -173,6 +173,7 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
     let started = Instant::now();
     let project = load_project(ctx, &args.project)?;
     let order = project.plan(&args.targets)?;
+    tracing::debug!("project loaded in {:.1?}", started.elapsed());
 
     let needs_git = project.settings.source_date_epoch == Some(Epoch::Git)
         || project.images.values().any(|i| i.auto_labels.any());
@@ -241,23 +242,54 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
         }
     }
 
+    tracing::debug!(
+        "layers planned and bases loaded at {:.1?}",
+        started.elapsed()
+    );
     let store = ctx.store()?;
     let cache = ActionCache::open(store.root())?;
     let stat = Mutex::new(StatCache::load(store.root(), &project.dir));
+    tracing::debug!("store and caches opened at {:.1?}", started.elapsed());
 
-    // Phase 2: cache keys (input digests come from the stat cache).
+    // Phase 2: cache keys. Input digests come from the stat cache: a layer's files are looked
+    // up under one lock, in path order; misses are hashed outside it, then recorded.
     let keyed: Vec<PlannedLayer> = parallel_map(ctx.jobs, &plans, |plan| {
-        let fp = plan.fingerprint(&mut |path, stamp| {
-            let key = StatKey {
-                dev: stamp.dev,
-                ino: stamp.ino,
-                size: stamp.size,
-                mtime_ns: stamp.mtime_ns,
-                ctime_ns: stamp.ctime_ns,
-            };
+        let files = plan.source_files()?;
+        let stat_key = |s: &FileStamp| StatKey {
+            dev: s.dev,
+            ino: s.ino,
+            size: s.size,
+            mtime_ns: s.mtime_ns,
+            ctime_ns: s.ctime_ns,
+        };
+        // Digests in the order of `files`, which is the order the fingerprint asks for them.
+        let mut digests: Vec<Option<Digest>> = Vec::with_capacity(files.len());
+        {
+            let mut s = stat
+                .lock()
+                .map_err(|_| anyhow!("stat cache lock poisoned"))?;
+            for (path, stamp) in &files {
+                digests.push(s.lookup(path, stat_key(stamp)));
+            }
+        }
+        for (i, (path, stamp)) in files.iter().enumerate() {
+            if digests[i].is_some() {
+                continue;
+            }
+            let started = SystemTime::now();
+            let d = gantry_cache::hash_file(path, stat_key(stamp))
+                .with_context(|| format!("cannot hash {}", path.display()))?;
             stat.lock()
-                .map_err(|_| std::io::Error::other("stat cache lock poisoned"))?
-                .digest(path, key)
+                .map_err(|_| anyhow!("stat cache lock poisoned"))?
+                .record(path, stat_key(stamp), &d, started);
+            digests[i] = Some(d);
+        }
+        let mut next = files.iter().zip(digests);
+        let fp = plan.fingerprint(&mut |path, _| match next.next() {
+            Some(((p, _), Some(d))) if *p == path => Ok(d),
+            _ => Err(std::io::Error::other(
+                "source files were asked for out of order (a bug)",
+            )),
         })?;
         let mut k = KeyHasher::new("layer");
         k.u64(gantry_layer::FINGERPRINT_VERSION)
@@ -269,6 +301,7 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
         })
     })?;
     let mut planned: HashMap<&str, PlannedLayer> = layer_names.iter().copied().zip(keyed).collect();
+    tracing::debug!("cache keys computed at {:.1?}", started.elapsed());
 
     // Phase 3: run.
     let mut layers_done: HashMap<String, (LayerInfo, bool)> = HashMap::new();
@@ -378,6 +411,7 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
             }
         }
     });
+    tracing::debug!("targets done at {:.1?}", started.elapsed());
     let stat = stat
         .into_inner()
         .map_err(|_| anyhow!("stat cache lock poisoned"))?;
@@ -387,6 +421,7 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
         ctx.reporter
             .warn(&format!("cannot save the stat cache: {e}"));
     }
+    tracing::debug!("stat cache saved at {:.1?}", started.elapsed());
     if let Some(e) = failure {
         return Err(e);
     }

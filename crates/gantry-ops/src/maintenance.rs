@@ -30,7 +30,11 @@ pub fn gc(ctx: &Context, dry_run: bool, keep_cache_days: u64) -> Result<GcResult
     let mut roots = Vec::new();
     let mut dropped = 0;
     // Opening the cache creates its bucket; a store without one (or a dry run) must not change.
-    if store.root().join(gantry_cache::action::CACHE_BUCKET).is_dir() {
+    if store
+        .root()
+        .join(gantry_cache::action::CACHE_BUCKET)
+        .is_dir()
+    {
         let cache = gantry_cache::ActionCache::open(store.root())?;
         for (_, outputs, last_used) in cache.entries()? {
             if now.duration_since(last_used).unwrap_or_default() <= keep {
