@@ -393,6 +393,12 @@ impl LayerSpec {
                 reason,
             });
         }
+        self.plan_checked(base_dir, mtime)
+    }
+
+    /// [`LayerSpec::plan`] for a spec that already passed [`LayerSpec::check`] (a project
+    /// checks every layer when it loads).
+    pub fn plan_checked(&self, base_dir: &Path, mtime: i64) -> Result<LayerPlan, Error> {
         let compressor =
             Compressor::parse(self.compression.as_deref().unwrap_or("gzip"), self.level)?;
         let resolve = |p: &str| base_dir.join(p);

@@ -218,8 +218,9 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
             t.at.line,
             t.at.column
         );
+        // Project::load checked every layer already.
         t.spec
-            .plan(&project.dir, epoch, &at)
+            .plan_checked(&project.dir, epoch)
             .with_context(|| at.clone())
     })?;
     let mut fixed_bases: BTreeMap<String, Image> = BTreeMap::new();
