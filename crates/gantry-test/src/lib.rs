@@ -6,6 +6,8 @@
 //!   ([`CmdExt::fails`]); failures print the command, its status, stdout and stderr.
 //! - [`require`]: find an external tool (umoci, skopeo, runc, …) or fail the test with the
 //!   package to install. Tests never skip because a tool is missing.
+//! - [`registry::Registry`]: a real `docker-registry` on 127.0.0.1 (Basic auth, TLS), and
+//!   [`proxy::FaultProxy`]: a fault-injecting proxy in front of it, with [`proxy::Recorder`].
 //! - [`snapshot`]: a tree's paths, types, modes and content digests, to prove that a failed
 //!   command left the store and earlier outputs untouched.
 #![allow(clippy::print_stderr, clippy::missing_panics_doc)]
@@ -18,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gantry_oci::Digest;
+
+pub mod proxy;
+pub mod registry;
 
 /// A temporary directory with its own store.
 pub struct TestEnv {
@@ -73,17 +78,30 @@ impl TestEnv {
         fs::set_permissions(self.path(rel), fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
-    /// The gantry binary under test, run in [`TestEnv::root`] with `GANTRY_HOME` set and
-    /// `SOURCE_DATE_EPOCH`, `GANTRY_JOBS`, `RUST_LOG` and the XDG variables removed.
+    /// The gantry binary under test, run in [`TestEnv::root`] with `GANTRY_HOME` set,
+    /// `SOURCE_DATE_EPOCH`, `GANTRY_JOBS`, `RUST_LOG` and the XDG variables removed, and
+    /// `HOME` pointing at [`TestEnv::user_home`] with the registry credential variables
+    /// (`REGISTRY_AUTH_FILE`, `DOCKER_CONFIG`) removed, so that no test reads or writes the
+    /// credentials of whoever runs it.
     pub fn gantry(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.current_dir(self.root())
             .env("GANTRY_HOME", self.home())
+            .env("HOME", self.user_home())
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("GANTRY_JOBS")
             .env_remove("RUST_LOG")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_CACHE_HOME");
         c
+    }
+
+    /// `$HOME` of the gantry processes this environment runs (not created until used).
+    pub fn user_home(&self) -> PathBuf {
+        self.path("user-home")
     }
 
     /// Like [`TestEnv::gantry`], but the process runs with the given umask (through `sh`).
@@ -203,6 +221,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("gzip", "gzip"),
     ("tar", "tar"),
     ("busybox", "busybox-static"),
+    ("docker-registry", "docker-registry"),
+    ("htpasswd", "apache2-utils"),
+    ("openssl", "openssl"),
+    ("podman", "podman"),
+    ("git", "git"),
 ];
 
 /// The path of an external tool; panics (failing the test) with the package to install when

@@ -1,0 +1,1087 @@
+//! The HTTP layer: one `reqwest` client per registry, authentication, retries and redirects.
+//!
+//! See the crate documentation for where credentials go.
+//!
+//! Nothing here logs headers, tokens or credentials: `tracing::debug!` gets the method, the
+//! redacted URL and the status.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+
+use crate::challenge::{Challenge, parse_challenges};
+use crate::config::DOCKER_HUB_HOST;
+use crate::redact::{redact_url, scrub_urls};
+use crate::repo::Repo;
+use crate::retry::{backoff, parse_retry_after};
+use crate::{CredentialSource, Credentials, Error, RegistryConfig, Result, Secret};
+
+/// Redirect hops followed before giving up.
+pub const MAX_REDIRECTS: usize = 10;
+/// Cap on token responses and error bodies.
+pub const MAX_SMALL_BODY: u64 = 1 << 20;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A registry client. Cheap to clone; `Send + Sync`. HTTP clients, learned auth schemes,
+/// credentials and tokens are shared between clones.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    anonymous: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("anonymous", &self.anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: RegistryConfig,
+    credentials: Arc<dyn CredentialSource>,
+    /// Shared with the clients made by [`Client::with_credentials`].
+    hosts: Arc<Mutex<HashMap<String, Arc<Host>>>>,
+    creds: Mutex<HashMap<String, Option<Credentials>>>,
+    tokens: Mutex<HashMap<TokenKey, Token>>,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone)]
+struct TokenKey {
+    registry: String,
+    scopes: String,
+    anonymous: bool,
+}
+
+struct Token {
+    value: Secret,
+    expires: Instant,
+}
+
+/// One registry: its base URL and HTTP client, and the auth scheme learned from it.
+pub(crate) struct Host {
+    pub(crate) name: String,
+    pub(crate) base: Url,
+    pub(crate) http: reqwest::blocking::Client,
+    pub(crate) insecure: bool,
+    challenge: Mutex<Option<Challenge>>,
+}
+
+/// What a request needs to be allowed to do, which decides the token scope.
+#[derive(Debug, Clone)]
+pub(crate) enum Access {
+    /// `/v2/` itself.
+    Registry,
+    /// Read a repository.
+    Pull(String),
+    /// Read and write a repository.
+    Push(String),
+    /// Write `to`, read `from`.
+    Mount { to: String, from: String },
+}
+
+impl Access {
+    fn scopes(&self) -> Vec<String> {
+        match self {
+            Access::Registry => Vec::new(),
+            Access::Pull(r) => vec![format!("repository:{r}:pull")],
+            Access::Push(r) => vec![format!("repository:{r}:pull,push")],
+            Access::Mount { to, from } => vec![
+                format!("repository:{to}:pull,push"),
+                format!("repository:{from}:pull"),
+            ],
+        }
+    }
+
+    fn repository(&self) -> Option<&str> {
+        match self {
+            Access::Registry => None,
+            Access::Pull(r) | Access::Push(r) | Access::Mount { to: r, .. } => Some(r),
+        }
+    }
+}
+
+/// A request body.
+pub(crate) enum ReqBody {
+    Empty,
+    Bytes(Vec<u8>),
+    /// A stream that can be sent once, of a known length.
+    Stream(Option<Box<dyn Read + Send>>, u64),
+}
+
+/// One request to a registry (or to a URL it pointed us to).
+pub(crate) struct Req {
+    pub(crate) method: Method,
+    pub(crate) url: Url,
+    pub(crate) access: Access,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: ReqBody,
+    /// Retry on transient failures (idempotent requests).
+    pub(crate) retry: bool,
+    /// A timeout for the whole exchange instead of the read timeout (streamed uploads).
+    pub(crate) timeout: Option<Duration>,
+    /// Answer a 401 by (re)authenticating and retrying once. Off for best-effort requests that
+    /// may need more than their scope grants (cancelling an upload needs `delete` under token
+    /// auth, which we do not ask for).
+    pub(crate) reauthenticate: bool,
+}
+
+impl Req {
+    pub(crate) fn new(method: Method, url: Url, access: Access) -> Self {
+        let retry = matches!(
+            method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+        );
+        Req {
+            method,
+            url,
+            access,
+            headers: HeaderMap::new(),
+            body: ReqBody::Empty,
+            retry,
+            timeout: None,
+            reauthenticate: true,
+        }
+    }
+
+    pub(crate) fn header(mut self, name: header::HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.insert(name, v);
+        }
+        self
+    }
+}
+
+impl Client {
+    /// A client with `config`, asking `credentials` when a registry wants them.
+    pub fn new(config: RegistryConfig, credentials: Arc<dyn CredentialSource>) -> Result<Client> {
+        for host in config.insecure.iter().chain(config.ca_files.keys()) {
+            validate_registry(host)?;
+        }
+        for registry in config.ca_files.keys() {
+            config.extra_roots(registry)?;
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                credentials,
+                hosts: Arc::new(Mutex::new(HashMap::new())),
+                creds: Mutex::new(HashMap::new()),
+                tokens: Mutex::new(HashMap::new()),
+            }),
+            anonymous: false,
+        })
+    }
+
+    /// This client, never sending credentials (but sharing HTTP connections and caches).
+    pub fn anonymous(&self) -> Client {
+        Client {
+            inner: Arc::clone(&self.inner),
+            anonymous: true,
+        }
+    }
+
+    /// Whether this client sends no credentials.
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    /// A repository on a registry (`docker.io`, `ghcr.io`, `127.0.0.1:5000`); with `anonymous`,
+    /// its requests carry no credentials (public pulls). Names are checked when an operation
+    /// runs.
+    pub fn repo(&self, registry: &str, repository: &str, anonymous: bool) -> Repo {
+        let client = if anonymous {
+            self.anonymous()
+        } else {
+            self.clone()
+        };
+        Repo::new(client, registry, repository)
+    }
+
+    /// A client with the same configuration and HTTP connections, asking `credentials`
+    /// instead (to check a password before `login` stores it). Credentials and tokens are not
+    /// shared with this client.
+    pub fn with_credentials(&self, credentials: Arc<dyn CredentialSource>) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                config: self.inner.config.clone(),
+                credentials,
+                hosts: Arc::clone(&self.inner.hosts),
+                creds: Mutex::new(HashMap::new()),
+                tokens: Mutex::new(HashMap::new()),
+            }),
+            anonymous: false,
+        }
+    }
+
+    /// `GET /v2/` with authentication: checks that the registry answers and accepts our
+    /// credentials (a 401 after trying them is [`Error::Unauthorized`]).
+    pub fn ping(&self, registry: &str) -> Result<()> {
+        let host = self.host(registry)?;
+        let url = host.base.join("v2/").map_err(|e| Error::Config {
+            reason: e.to_string(),
+        })?;
+        let resp = self.execute(&host, Req::new(Method::GET, url, Access::Registry))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(status_error(&Method::GET, resp, 1))
+        }
+    }
+
+    pub(crate) fn retries(&self) -> u32 {
+        self.inner.config.retries
+    }
+
+    pub(crate) fn retry_base(&self) -> Duration {
+        self.inner.config.retry_base
+    }
+
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.inner.config.read_timeout
+    }
+
+    /// The host state of `registry`, built on first use.
+    pub(crate) fn host(&self, registry: &str) -> Result<Arc<Host>> {
+        if let Some(h) = lock(&self.inner.hosts).get(registry) {
+            return Ok(Arc::clone(h));
+        }
+        let built = Arc::new(self.build_host(registry)?);
+        let mut hosts = lock(&self.inner.hosts);
+        Ok(Arc::clone(
+            hosts.entry(registry.to_owned()).or_insert(built),
+        ))
+    }
+
+    fn build_host(&self, registry: &str) -> Result<Host> {
+        validate_registry(registry)?;
+        let config = &self.inner.config;
+        let request_host = if registry == gantry_oci::DEFAULT_REGISTRY {
+            DOCKER_HUB_HOST
+        } else {
+            registry
+        };
+        let insecure = config.is_insecure(registry);
+        let roots = config.extra_roots(registry)?;
+        let https =
+            Url::parse(&format!("https://{request_host}/")).map_err(|e| Error::InvalidName {
+                what: "registry",
+                input: registry.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let http = reqwest::blocking::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.read_timeout)
+            .redirect(redirect_policy(https.clone()))
+            .referer(false)
+            .https_only(!insecure)
+            .tls_certs_merge(roots)
+            .tls_danger_accept_invalid_certs(insecure)
+            .build()
+            .map_err(|e| Error::Config {
+                reason: format!("cannot build the HTTP client for {registry}: {}", chain(&e)),
+            })?;
+        let base = if insecure {
+            // HTTPS (with any certificate) when it answers at all, else plain HTTP.
+            let probe = https.join("v2/").expect("static path");
+            match http.get(probe).timeout(config.connect_timeout).send() {
+                Ok(_) => {
+                    tracing::info!(
+                        registry,
+                        "insecure registry: using HTTPS without certificate verification"
+                    );
+                    https
+                }
+                Err(e) => {
+                    tracing::info!(registry, error = %chain(&e), "insecure registry: HTTPS failed, using plain HTTP");
+                    Url::parse(&format!("http://{request_host}/")).expect("checked above")
+                }
+            }
+        } else {
+            https
+        };
+        Ok(Host {
+            name: registry.to_owned(),
+            base,
+            http,
+            insecure,
+            challenge: Mutex::new(None),
+        })
+    }
+
+    /// The credentials for `registry` (looked up once per client).
+    fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
+        if self.anonymous {
+            return Ok(None);
+        }
+        if let Some(c) = lock(&self.inner.creds).get(registry) {
+            return Ok(c.clone());
+        }
+        let c = self.inner.credentials.credentials(registry)?;
+        lock(&self.inner.creds).insert(registry.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// The `Authorization` header for a request to `host` needing `access`, if we know the
+    /// registry's scheme.
+    fn auth_header(&self, host: &Host, access: &Access) -> Result<Option<HeaderValue>> {
+        let Some(challenge) = lock(&host.challenge).clone() else {
+            return Ok(None);
+        };
+        if challenge.is_basic() {
+            return match self.credentials(&host.name)? {
+                Some(Credentials::Basic { username, password }) => {
+                    Ok(Some(basic_header(&username, &password)))
+                }
+                Some(Credentials::IdentityToken(_)) => Err(Error::Unauthorized {
+                    registry: host.name.clone(),
+                    repository: access.repository().map(str::to_owned),
+                    detail: "the registry wants Basic authentication but the credentials are \
+                             an identity token"
+                        .to_owned(),
+                }),
+                None => Ok(None),
+            };
+        }
+        let key = TokenKey {
+            registry: host.name.clone(),
+            scopes: access.scopes().join(" "),
+            anonymous: self.anonymous,
+        };
+        if let Some(t) = lock(&self.inner.tokens).get(&key)
+            && t.expires > Instant::now()
+        {
+            return Ok(Some(bearer_header(&t.value)));
+        }
+        let token = self.fetch_token(host, &challenge, access)?;
+        let header = bearer_header(&token.value);
+        lock(&self.inner.tokens).insert(key, token);
+        Ok(Some(header))
+    }
+
+    fn forget_token(&self, host: &Host, access: &Access) {
+        lock(&self.inner.tokens).remove(&TokenKey {
+            registry: host.name.clone(),
+            scopes: access.scopes().join(" "),
+            anonymous: self.anonymous,
+        });
+    }
+
+    /// Gets a token from a Bearer challenge's realm.
+    fn fetch_token(&self, host: &Host, challenge: &Challenge, access: &Access) -> Result<Token> {
+        let realm_str = challenge.realm().unwrap_or("");
+        let mut realm = self.check_realm(host, realm_str)?;
+        let shown = redact_url(&realm);
+        let token_err = |reason: String| Error::Token {
+            registry: host.name.clone(),
+            realm: shown.clone(),
+            reason,
+        };
+        let service = challenge.param("service").map(str::to_owned);
+        let scopes = access.scopes();
+        let creds = self.credentials(&host.name)?;
+        let started = Instant::now();
+        let resp = match &creds {
+            Some(Credentials::IdentityToken(refresh)) => {
+                let mut form: Vec<(&str, &str)> = vec![
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "gantry"),
+                    ("refresh_token", refresh.expose()),
+                ];
+                if let Some(s) = &service {
+                    form.push(("service", s));
+                }
+                let scope = scopes.join(" ");
+                if !scope.is_empty() {
+                    form.push(("scope", &scope));
+                }
+                let body: String = url_form(&form);
+                self.send_attempts(&Method::POST, &realm, true, |_| {
+                    Ok(host
+                        .http
+                        .post(realm.clone())
+                        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .body(body.clone()))
+                })?
+            }
+            basic => {
+                {
+                    let mut q = realm.query_pairs_mut();
+                    if let Some(s) = &service {
+                        q.append_pair("service", s);
+                    }
+                    for s in &scopes {
+                        q.append_pair("scope", s);
+                    }
+                }
+                if realm.query() == Some("") {
+                    realm.set_query(None);
+                }
+                let auth = match basic {
+                    Some(Credentials::Basic { username, password }) => {
+                        Some(basic_header(username, password))
+                    }
+                    _ => None,
+                };
+                self.send_attempts(&Method::GET, &realm, true, |_| {
+                    let mut rb = host.http.get(realm.clone());
+                    if let Some(a) = &auth {
+                        rb = rb.header(header::AUTHORIZATION, a.clone());
+                    }
+                    Ok(rb)
+                })?
+            }
+        };
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let summary = summarize(resp);
+            return Err(Error::Unauthorized {
+                registry: host.name.clone(),
+                repository: access.repository().map(str::to_owned),
+                detail: match &creds {
+                    Some(c) => format!(
+                        "the token server {shown} refused {} ({summary}); wrong username or password?",
+                        c.describe()
+                    ),
+                    None => format!(
+                        "the token server {shown} refused anonymous access ({summary}); \
+                         no credentials for {} were found (log in with `gantry login {}`)",
+                        host.name, host.name
+                    ),
+                },
+            });
+        }
+        if !status.is_success() {
+            return Err(token_err(summarize(resp)));
+        }
+        let body = read_capped(resp, MAX_SMALL_BODY, "token response", &Method::GET)?;
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| token_err("the response is not a JSON token document".to_owned()))?;
+        let value = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| token_err("the response has no token".to_owned()))?;
+        // The spec's default lifetime is 60 s; keep a margin so a token never expires in flight.
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).clamp(1, 86_400));
+        let margin = (lifetime / 5).min(Duration::from_secs(30));
+        Ok(Token {
+            value: Secret::new(value),
+            expires: started + lifetime - margin,
+        })
+    }
+
+    fn check_realm(&self, host: &Host, realm: &str) -> Result<Url> {
+        let refused = |url: String, reason: &str| Error::Refused {
+            registry: host.name.clone(),
+            url,
+            reason: reason.to_owned(),
+        };
+        let url = Url::parse(realm)
+            .map_err(|_| refused(scrub_urls(realm), "the token realm is not a valid URL"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if host.insecure => {}
+            _ => {
+                return Err(refused(
+                    redact_url(&url),
+                    "the token realm of a secure registry must use https",
+                ));
+            }
+        }
+        if let Some(reason) = private_target(&host.base, &url) {
+            return Err(refused(redact_url(&url), reason));
+        }
+        Ok(url)
+    }
+
+    /// Refuses a URL a registry pointed us to (upload `Location`) that we will not contact.
+    pub(crate) fn check_target(&self, host: &Host, url: &Url) -> Result<()> {
+        let refused = |reason: &str| Error::Refused {
+            registry: host.name.clone(),
+            url: redact_url(url),
+            reason: reason.to_owned(),
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if host.insecure => {}
+            _ => return Err(refused("a secure registry may only send us to https URLs")),
+        }
+        if let Some(reason) = private_target(&host.base, url) {
+            return Err(refused(reason));
+        }
+        Ok(())
+    }
+
+    /// Sends `req` with authentication and retries. Returns the response whatever its status,
+    /// except: a 401 from the registry after (re)trying our credentials is
+    /// [`Error::Unauthorized`], and transient failures that outlast the retries are errors.
+    pub(crate) fn execute(&self, host: &Host, mut req: Req) -> Result<Response> {
+        let same = same_origin(&req.url, &host.base);
+        let replayable = !matches!(req.body, ReqBody::Stream(..));
+        let mut reauthenticated = false;
+        loop {
+            let auth = if same {
+                self.auth_header(host, &req.access)?
+            } else {
+                None
+            };
+            let retry = req.retry && replayable;
+            let resp = self.send_attempts(&req.method, &req.url, retry, |_| {
+                let mut rb = host
+                    .http
+                    .request(req.method.clone(), req.url.clone())
+                    .headers(req.headers.clone());
+                if let Some(a) = &auth {
+                    rb = rb.header(header::AUTHORIZATION, a.clone());
+                }
+                if let Some(t) = req.timeout {
+                    rb = rb.timeout(t);
+                }
+                Ok(match &mut req.body {
+                    ReqBody::Empty => rb,
+                    ReqBody::Bytes(b) => rb.body(b.clone()),
+                    ReqBody::Stream(s, len) => {
+                        let s = s.take().ok_or_else(|| Error::Http {
+                            method: req.method.to_string(),
+                            url: redact_url(&req.url),
+                            detail: "a streamed body cannot be sent twice".to_owned(),
+                            attempts: 1,
+                        })?;
+                        rb.body(reqwest::blocking::Body::sized(s, *len))
+                    }
+                })
+            })?;
+            if resp.status() != StatusCode::UNAUTHORIZED || !same_origin(resp.url(), &host.base) {
+                return Ok(resp);
+            }
+            if reauthenticated || !replayable || !req.reauthenticate {
+                return Err(self.unauthorized(host, &req.access, resp));
+            }
+            let challenges: Vec<Challenge> = resp
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .flat_map(|v| parse_challenges(&String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            let chosen = challenges
+                .iter()
+                .find(|c| c.is_bearer() && c.realm().is_some())
+                .or_else(|| challenges.iter().find(|c| c.is_basic()))
+                .cloned();
+            let Some(chosen) = chosen else {
+                return Err(self.unauthorized(host, &req.access, resp));
+            };
+            drop(resp);
+            if chosen.is_basic() && self.credentials(&host.name)?.is_none() {
+                return Err(Error::Unauthorized {
+                    registry: host.name.clone(),
+                    repository: req.access.repository().map(str::to_owned),
+                    detail: if self.anonymous {
+                        "the registry requires authentication (anonymous access was asked for)"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "the registry requires authentication and no credentials for {} \
+                             were found (log in with `gantry login {}`)",
+                            host.name, host.name
+                        )
+                    },
+                });
+            }
+            *lock(&host.challenge) = Some(chosen);
+            self.forget_token(host, &req.access);
+            reauthenticated = true;
+        }
+    }
+
+    fn unauthorized(&self, host: &Host, access: &Access, resp: Response) -> Error {
+        let summary = summarize(resp);
+        let creds = match self.credentials(&host.name) {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let detail = match creds {
+            Some(c) => format!(
+                "the registry refused {} ({summary}); wrong username or password, or no access?",
+                c.describe()
+            ),
+            None if self.anonymous => format!("anonymous access was refused ({summary})"),
+            None => format!(
+                "authentication required and no credentials for {} were found ({summary}); \
+                 log in with `gantry login {}`",
+                host.name, host.name
+            ),
+        };
+        Error::Unauthorized {
+            registry: host.name.clone(),
+            repository: access.repository().map(str::to_owned),
+            detail,
+        }
+    }
+
+    /// Sends the request `build` makes, retrying (when `retry`) on connect errors, timeouts,
+    /// 429 and 5xx, honouring `Retry-After`.
+    pub(crate) fn send_attempts(
+        &self,
+        method: &Method,
+        url: &Url,
+        retry: bool,
+        mut build: impl FnMut(u32) -> Result<RequestBuilder>,
+    ) -> Result<Response> {
+        let max = if retry { self.retries() } else { 0 };
+        let shown = redact_url(url);
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let rb = build(attempt)?;
+            match rb.send() {
+                Err(e) => {
+                    let detail = chain(&e);
+                    tracing::debug!(%method, url = %shown, attempt, error = %detail, "registry request failed");
+                    if attempt <= max && transient(&e) {
+                        std::thread::sleep(backoff(attempt - 1, self.retry_base()));
+                        continue;
+                    }
+                    return Err(Error::Http {
+                        method: method.to_string(),
+                        url: shown,
+                        detail,
+                        attempts: attempt,
+                    });
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    tracing::debug!(%method, url = %shown, status = status.as_u16(), attempt, "registry request");
+                    let transient_status = status == StatusCode::TOO_MANY_REQUESTS
+                        || (status.is_server_error()
+                            && status != StatusCode::NOT_IMPLEMENTED
+                            && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+                    if transient_status && attempt <= max {
+                        let delay = resp
+                            .headers()
+                            .get(header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                            .unwrap_or_else(|| backoff(attempt - 1, self.retry_base()));
+                        drop(resp);
+                        std::thread::sleep(delay);
+                        continue;
+                    }
+                    if transient_status && attempt > 1 {
+                        return Err(status_error(method, resp, attempt));
+                    }
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+}
+
+/// Checks a registry name: `host`, `host:port` or `[v6]:port`, nothing else.
+pub(crate) fn validate_registry(registry: &str) -> Result<()> {
+    let ok = !registry.is_empty()
+        && registry.len() <= 255
+        && registry
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
+        && Url::parse(&format!("https://{registry}/"))
+            .is_ok_and(|u| u.path() == "/" && u.host_str().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what: "registry",
+            input: registry.to_owned(),
+            reason: "expected host or host:port".to_owned(),
+        })
+    }
+}
+
+fn basic_header(username: &str, password: &Secret) -> HeaderValue {
+    let encoded = base64::engine::general_purpose::STANDARD
+        .encode(format!("{username}:{}", password.expose()));
+    let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    v.set_sensitive(true);
+    v
+}
+
+fn bearer_header(token: &Secret) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
+    v.set_sensitive(true);
+    v
+}
+
+fn url_form(pairs: &[(&str, &str)]) -> String {
+    let mut u = Url::parse("http://x/").expect("static URL");
+    u.query_pairs_mut().extend_pairs(pairs);
+    u.query().unwrap_or("").to_owned()
+}
+
+/// Whether two URLs share scheme, host and port.
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Loopback, private, link-local, unique-local, unspecified or shared addresses.
+fn is_local_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_local_ip(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn host_is_local(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => is_local_ip(ip),
+        Err(_) => bare == "localhost" || bare.ends_with(".localhost"),
+    }
+}
+
+/// Why `target` may not be contacted on behalf of a registry at `origin`: a registry on a
+/// public name or address may not send us to a local or private address (SSRF, T24).
+pub(crate) fn private_target(origin: &Url, target: &Url) -> Option<&'static str> {
+    if host_is_local(target) && !host_is_local(origin) {
+        Some("a registry on a public address may not send us to a local or private address")
+    } else {
+        None
+    }
+}
+
+#[derive(Debug)]
+struct RedirectRefused(String);
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+fn redirect_policy(registry: Url) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(RedirectRefused(format!(
+                "more than {MAX_REDIRECTS} redirects"
+            )));
+        }
+        let next = attempt.url().clone();
+        let downgrade =
+            attempt.previous().iter().any(|p| p.scheme() == "https") && next.scheme() != "https";
+        if downgrade {
+            return attempt.error(RedirectRefused(format!(
+                "refusing a redirect from https to {}",
+                redact_url(&next)
+            )));
+        }
+        let origin = attempt.previous().first().unwrap_or(&registry);
+        if let Some(reason) = private_target(origin, &next) {
+            return attempt.error(RedirectRefused(format!(
+                "refusing a redirect to {}: {reason}",
+                redact_url(&next)
+            )));
+        }
+        attempt.follow()
+    })
+}
+
+/// An error's message with its sources, every URL in it redacted.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    scrub_urls(&s)
+}
+
+fn transient(e: &reqwest::Error) -> bool {
+    if e.is_redirect() || e.is_builder() || e.is_status() || e.is_decode() {
+        return false;
+    }
+    let text = chain(e).to_ascii_lowercase();
+    if text.contains("certificate") || text.contains("handshake") {
+        return false;
+    }
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// Reads a whole body of at most `cap` bytes.
+pub(crate) fn read_capped(
+    resp: Response,
+    cap: u64,
+    what: &str,
+    method: &Method,
+) -> Result<Vec<u8>> {
+    let url = redact_url(resp.url());
+    let too_large = || Error::TooLarge {
+        url: url.clone(),
+        what: what.to_owned(),
+        limit: cap,
+    };
+    if content_length(&resp).is_some_and(|n| n > cap) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    resp.take(cap + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Http {
+            method: method.to_string(),
+            url: url.clone(),
+            detail: chain(&e),
+            attempts: 1,
+        })?;
+    if buf.len() as u64 > cap {
+        return Err(too_large());
+    }
+    Ok(buf)
+}
+
+/// The `Content-Length` header (reqwest's own accessor reports the body's size hint, which is
+/// zero for HEAD).
+pub(crate) fn content_length(resp: &Response) -> Option<u64> {
+    resp.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `401 UNAUTHORIZED: authentication required` from the registry's error document (at most
+/// 1 MiB is read), or `503 Service Unavailable`.
+pub(crate) fn summarize(resp: Response) -> String {
+    let status = resp.status();
+    let mut body = Vec::new();
+    let _ = resp.take(MAX_SMALL_BODY).read_to_end(&mut body);
+    summarize_body(status, &body)
+}
+
+pub(crate) fn summarize_body(status: StatusCode, body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(Deserialize)]
+    struct ErrorItem {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let clean = |s: &str| -> String {
+        let s: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
+        scrub_urls(&s)
+    };
+    if let Ok(e) = serde_json::from_slice::<Errors>(body)
+        && !e.errors.is_empty()
+    {
+        let parts: Vec<String> = e
+            .errors
+            .iter()
+            .take(5)
+            .map(|x| match (&x.code, &x.message) {
+                (Some(c), Some(m)) if !m.is_empty() => format!("{}: {}", clean(c), clean(m)),
+                (Some(c), _) => clean(c),
+                (None, Some(m)) => clean(m),
+                (None, None) => "unknown error".to_owned(),
+            })
+            .collect();
+        return format!("{} {}", status.as_u16(), parts.join("; "));
+    }
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .trim_end()
+    .to_owned()
+}
+
+/// The error for a response whose status the operation does not accept.
+pub(crate) fn status_error(method: &Method, resp: Response, attempts: u32) -> Error {
+    let url = redact_url(resp.url());
+    let status = resp.status().as_u16();
+    Error::Status {
+        method: method.to_string(),
+        url,
+        status,
+        summary: summarize(resp),
+        attempts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summarizes_registry_errors() {
+        let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository"}]}]}"#;
+        assert_eq!(
+            summarize_body(StatusCode::UNAUTHORIZED, body),
+            "401 UNAUTHORIZED: authentication required"
+        );
+        let two = br#"{"errors":[{"code":"A","message":"x"},{"code":"B"}]}"#;
+        assert_eq!(summarize_body(StatusCode::BAD_REQUEST, two), "400 A: x; B");
+        assert_eq!(
+            summarize_body(StatusCode::SERVICE_UNAVAILABLE, b"<html>oops</html>"),
+            "503 Service Unavailable"
+        );
+        let evil = br#"{"errors":[{"code":"X","message":"see https://s3/x?X-Amz-Signature=canary\u0007"}]}"#;
+        let s = summarize_body(StatusCode::FORBIDDEN, evil);
+        assert!(!s.contains("canary") && !s.contains('\u{7}'), "{s}");
+    }
+
+    #[test]
+    fn origins_and_private_targets() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(same_origin(&u("https://a:443/x"), &u("https://a/y")));
+        assert!(!same_origin(&u("https://a/x"), &u("http://a/x")));
+        assert!(!same_origin(&u("https://a/x"), &u("https://a:444/x")));
+        assert!(!same_origin(&u("https://a/x"), &u("https://b/x")));
+        let public = u("https://registry.example/");
+        for bad in [
+            "http://169.254.169.254/latest",
+            "https://10.0.0.1/token",
+            "https://127.0.0.1:5000/",
+            "https://[::1]/",
+            "https://[fd00::1]/",
+            "https://localhost/",
+            "https://100.64.0.1/",
+        ] {
+            assert!(private_target(&public, &u(bad)).is_some(), "{bad}");
+        }
+        assert!(private_target(&public, &u("https://auth.example/token")).is_none());
+        assert!(private_target(&public, &u("https://8.8.8.8/")).is_none());
+        let local = u("http://127.0.0.1:5000/");
+        assert!(private_target(&local, &u("http://127.0.0.2:6000/")).is_none());
+    }
+
+    #[test]
+    fn registry_names() {
+        for ok in [
+            "docker.io",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "my-reg.example.com",
+        ] {
+            validate_registry(ok).unwrap();
+        }
+        for bad in ["", "a/b", "a b", "user@host", "host?x", "host#x"] {
+            assert!(validate_registry(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn clients_are_send_and_sync() {
+        assert_send_sync::<Client>();
+        assert_send_sync::<crate::Repo>();
+        fn assert_send<T: Send>() {}
+        assert_send::<crate::BlobReader>();
+    }
+
+    #[test]
+    fn docker_hub_goes_to_registry_1() {
+        let c = Client::new(RegistryConfig::default(), Arc::new(crate::NoCredentials)).unwrap();
+        let h = c.host("docker.io").unwrap();
+        assert_eq!(h.base.as_str(), "https://registry-1.docker.io/");
+        assert!(!h.insecure);
+        let h = c.host("ghcr.io").unwrap();
+        assert_eq!(h.base.as_str(), "https://ghcr.io/");
+        assert!(c.host("bad host").is_err());
+    }
+
+    // T24: where a Bearer realm may be.
+    #[test]
+    fn realms_must_be_https_and_public_for_public_registries() {
+        let c = Client::new(RegistryConfig::default(), Arc::new(crate::NoCredentials)).unwrap();
+        let h = c.host("registry.example").unwrap();
+        c.check_realm(&h, "https://auth.example/token").unwrap();
+        for bad in [
+            "http://auth.example/token",
+            "https://10.0.0.1/token",
+            "https://169.254.169.254/latest/meta-data",
+            "https://localhost/token",
+            "ftp://auth.example/token",
+            "not a url",
+            "",
+        ] {
+            let e = c.check_realm(&h, bad).unwrap_err();
+            assert!(matches!(e, Error::Refused { .. }), "{bad}: {e:?}");
+        }
+        // Upload locations follow the same rules.
+        let loc = Url::parse("http://registry.example/v2/x/blobs/uploads/1").unwrap();
+        assert!(c.check_target(&h, &loc).is_err());
+    }
+
+    #[test]
+    fn access_scopes() {
+        assert_eq!(Access::Pull("a/b".into()).scopes(), ["repository:a/b:pull"]);
+        assert_eq!(
+            Access::Mount {
+                to: "t".into(),
+                from: "f".into()
+            }
+            .scopes(),
+            ["repository:t:pull,push", "repository:f:pull"]
+        );
+        assert!(Access::Registry.scopes().is_empty());
+    }
+}
