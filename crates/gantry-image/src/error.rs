@@ -36,6 +36,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A blob that could not be fetched from where it is.
+    #[error("cannot fetch {what}: {reason}")]
+    Fetch {
+        /// The blob (registry, repository and digest).
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// A store or layout error.
     #[error(transparent)]
     Store(#[from] gantry_store::Error),

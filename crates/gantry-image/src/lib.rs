@@ -29,6 +29,30 @@ pub enum BlobSource {
     Store,
     /// An OCI layout directory (verified when read).
     Layout(PathBuf),
+    /// A repository of a registry (fetched, verified, only when a sink needs the bytes). Also
+    /// where a push to the same registry can mount it from.
+    Registry {
+        /// `host[:port]`.
+        registry: String,
+        /// Repository path.
+        repository: String,
+    },
+}
+
+/// Fetches blobs that live in a registry into the store (verified), for sinks that need their
+/// bytes. Implemented where the registry client is (gantry-ops).
+pub trait FetchBlob: Sync {
+    /// Puts the blob of `layer` (whose source is a registry) into `store`.
+    fn fetch_into_store(&self, store: &Store, layer: &LayerRef) -> Result<(), Error>;
+}
+
+/// What a layout output does with blobs that are only in a registry.
+#[derive(Clone, Copy)]
+pub enum RemoteBlobs<'a> {
+    /// Leave them out: a shallow layout (manifest, config and local blobs only).
+    Omit,
+    /// Fetch them into the store, then write them like any other blob.
+    Fetch(&'a dyn FetchBlob),
 }
 
 /// A layer of an image: what the manifest and config say about it, and where its bytes are.
@@ -120,6 +144,7 @@ pub struct Image {
     /// Set for OCI artifacts: the manifest gets this `artifactType` and an empty config.
     pub artifact_type: Option<String>,
     base_digest: Option<Digest>,
+    base_name: Option<String>,
 }
 
 impl Image {
@@ -133,6 +158,7 @@ impl Image {
             annotations: BTreeMap::new(),
             artifact_type: None,
             base_digest: None,
+            base_name: None,
         }
     }
 
@@ -158,17 +184,48 @@ impl Image {
             )));
         }
         let config_bytes = layout.read_blob_verified(&m.config, json::MAX_CONFIG_SIZE)?;
-        let config = ImageConfig::parse(&config_bytes, &format!("{name}: config"))?;
+        let image = Image::from_manifest(
+            &name,
+            m,
+            &config_bytes,
+            BlobSource::Layout(dir.clone()),
+            resolved.manifest_descriptor.digest.clone(),
+        )?;
+        let actual = image.platform();
+        if strict && !platform.matches(&actual) {
+            return Err(bad(format!("it is {actual}, not {platform}")));
+        }
+        Ok(image)
+    }
+
+    /// An image from a manifest and its config, whose layers are at `source`. `name` names
+    /// the image in errors; `manifest_digest` becomes the base annotation of images built on
+    /// it. Checks that it is a runnable image: an image config, tar layers, one diff_id each.
+    pub fn from_manifest(
+        name: &str,
+        manifest: &ImageManifest,
+        config_bytes: &[u8],
+        source: BlobSource,
+        manifest_digest: Digest,
+    ) -> Result<Self, Error> {
+        let bad = |reason: String| Error::BadBase {
+            base: name.to_owned(),
+            reason,
+        };
+        let m = manifest;
+        if !mt::is_image_config(&m.config.media_type) {
+            return Err(bad(format!(
+                "config media type {:?} is not an image config (is it an artifact?)",
+                m.config.media_type
+            )));
+        }
+        let config = ImageConfig::parse(config_bytes, &format!("{name}: config"))?;
         if config.rootfs.diff_ids.len() != m.layers.len() {
             return Err(bad(format!(
                 "its config lists {} diff_ids for {} layers",
                 config.rootfs.diff_ids.len(),
                 m.layers.len()
             )));
-        }
-        let actual = Platform::new(&config.os, &config.architecture, config.variant.as_deref());
-        if strict && !platform.matches(&actual) {
-            return Err(bad(format!("it is {actual}, not {platform}")));
         }
         let mut layers = Vec::with_capacity(m.layers.len());
         for (desc, diff_id) in m.layers.iter().zip(&config.rootfs.diff_ids) {
@@ -181,7 +238,7 @@ impl Image {
             layers.push(LayerRef {
                 descriptor: desc.clone(),
                 diff_id: Some(diff_id.clone()),
-                source: BlobSource::Layout(dir.clone()),
+                source: source.clone(),
             });
         }
         Ok(Image {
@@ -189,8 +246,15 @@ impl Image {
             layers,
             annotations: BTreeMap::new(),
             artifact_type: None,
-            base_digest: Some(resolved.manifest_descriptor.digest.clone()),
+            base_digest: Some(manifest_digest),
+            base_name: None,
         })
+    }
+
+    /// Records the base's name (a registry reference) in the `base.name` annotation of images
+    /// built on this one.
+    pub fn set_base_name(&mut self, name: &str) {
+        self.base_name = Some(name.to_owned());
     }
 
     /// An image built on `parent`, whose manifest has `manifest_digest`: the parent's config
@@ -203,6 +267,7 @@ impl Image {
             annotations: BTreeMap::new(),
             artifact_type: None,
             base_digest: Some(manifest_digest),
+            base_name: None,
         }
     }
 
@@ -284,6 +349,9 @@ impl Image {
         if let Some(d) = &self.base_digest {
             annotations.insert(annotations::BASE_DIGEST.to_owned(), d.to_string());
         }
+        if let Some(n) = &self.base_name {
+            annotations.insert(annotations::BASE_NAME.to_owned(), n.clone());
+        }
         let manifest = ImageManifest {
             schema_version: 2,
             media_type: Some(mt::OCI_MANIFEST.to_owned()),
@@ -337,16 +405,39 @@ pub struct Built {
 impl Built {
     /// Writes an OCI image layout at `dir` (atomically: a failure leaves any earlier layout
     /// there intact), tagging the manifest with `tag`. Store blobs are hard-linked when
-    /// possible; blobs from other layouts are copied and verified.
-    pub fn write_layout(&self, store: &Store, dir: &Path, tag: Option<&str>) -> Result<(), Error> {
+    /// possible; blobs from other layouts are copied and verified; blobs only in a registry are
+    /// fetched or left out, as `remote` says.
+    pub fn write_layout(
+        &self,
+        store: &Store,
+        dir: &Path,
+        tag: Option<&str>,
+        remote: RemoteBlobs<'_>,
+    ) -> Result<(), Error> {
         let mut w = LayoutWriter::new(dir)?;
+        let mut layouts: BTreeMap<&Path, Layout> = BTreeMap::new();
         for l in &self.layers {
             match &l.source {
                 BlobSource::Store => w.add_blob_from_store(store, &l.descriptor.digest)?,
                 BlobSource::Layout(src) => {
-                    let path = Layout::open(src)?.blob_path(&l.descriptor.digest);
-                    w.add_blob_from_file(&path, &l.descriptor)?;
+                    let layout = match layouts.entry(src.as_path()) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(Layout::open(src)?)
+                        }
+                    };
+                    w.add_blob_from_layout(layout, &l.descriptor)?;
                 }
+                BlobSource::Registry { .. } => match remote {
+                    _ if store.has(&l.descriptor.digest) => {
+                        w.add_blob_from_store(store, &l.descriptor.digest)?;
+                    }
+                    RemoteBlobs::Omit => {}
+                    RemoteBlobs::Fetch(f) => {
+                        f.fetch_into_store(store, l)?;
+                        w.add_blob_from_store(store, &l.descriptor.digest)?;
+                    }
+                },
             }
         }
         w.add_blob_bytes(&self.config_bytes)?;
@@ -362,6 +453,19 @@ impl Built {
         w.add_manifest(desc);
         w.commit()?;
         Ok(())
+    }
+
+    /// Whether a layout written with `remote` holds this layer's blob.
+    pub fn layout_holds_layer(
+        &self,
+        store: &Store,
+        layer: &LayerRef,
+        remote: RemoteBlobs<'_>,
+    ) -> bool {
+        match (&layer.source, remote) {
+            (BlobSource::Registry { .. }, RemoteBlobs::Omit) => store.has(&layer.descriptor.digest),
+            _ => true,
+        }
     }
 
     /// The metadata document build systems read.

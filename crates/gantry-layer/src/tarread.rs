@@ -259,13 +259,29 @@ pub fn import_tar<W: Write + Send>(
     jobs: usize,
     sink: W,
 ) -> Result<(W, ImportedTar), Error> {
-    let what = src.display().to_string();
-    let src_err = |source| Error::Source {
+    let file = File::open(src).map_err(|source| Error::Source {
         path: src.to_owned(),
         source,
+    })?;
+    import_tar_from(file, &src.display().to_string(), how, jobs, sink)
+}
+
+/// [`import_tar`] from any reader (a blob being fetched or read from an archive); `what`
+/// names it in errors.
+pub fn import_tar_from<R: Read, W: Write + Send>(
+    reader: R,
+    what: &str,
+    how: TarImport,
+    jobs: usize,
+    sink: W,
+) -> Result<(W, ImportedTar), Error> {
+    let what = what.to_owned();
+    let src_err = |e: io::Error| Error::InvalidTar {
+        what: what.clone(),
+        entry: None,
+        reason: io_reason(&e),
     };
-    let file = File::open(src).map_err(src_err)?;
-    let mut file = BufReader::with_capacity(256 * 1024, file);
+    let mut file = BufReader::with_capacity(256 * 1024, reader);
     let head = file.fill_buf().map_err(src_err)?;
     if head.is_empty() {
         return Err(Error::InvalidTar {

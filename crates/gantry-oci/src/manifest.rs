@@ -68,6 +68,31 @@ impl ImageIndex {
     }
 }
 
+impl ImageIndex {
+    /// The entry for `want` among this index's manifests: the first whose platform matches
+    /// (entries without a platform never match). The error lists the platforms available.
+    pub fn select_platform(&self, want: &crate::Platform) -> Result<&Descriptor, String> {
+        self.manifests
+            .iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| want.matches(p)))
+            .ok_or_else(|| {
+                let available: Vec<String> = self
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref().map(ToString::to_string))
+                    .collect();
+                format!(
+                    "no image for {want} (available: {})",
+                    if available.is_empty() {
+                        "none with a platform".to_owned()
+                    } else {
+                        available.join(", ")
+                    }
+                )
+            })
+    }
+}
+
 impl Default for ImageIndex {
     fn default() -> Self {
         Self::new()
@@ -251,6 +276,24 @@ mod tests {
         );
         let i = parse_index(idx.as_bytes(), None, "index.json").unwrap();
         assert_eq!(i.manifests[0].platform.as_ref().unwrap().os, "linux");
+    }
+
+    #[test]
+    fn selects_a_platform_or_lists_what_there_is() {
+        let idx = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{m}","digest":"{D}","size":2,"platform":{{"os":"linux","architecture":"amd64"}}}},{{"mediaType":"{m}","digest":"{D}","size":3,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#,
+            m = mt::OCI_MANIFEST
+        );
+        let i = parse_index(idx.as_bytes(), None, "i").unwrap();
+        let want = crate::Platform::parse("linux/arm64").unwrap();
+        assert_eq!(i.select_platform(&want).unwrap().size, 3);
+        let e = i
+            .select_platform(&crate::Platform::parse("linux/s390x").unwrap())
+            .unwrap_err();
+        assert!(
+            e.contains("linux/amd64") && e.contains("linux/arm64/v8"),
+            "{e}"
+        );
     }
 
     // T18: type confusion between manifests and indexes.

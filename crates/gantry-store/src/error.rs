@@ -101,45 +101,89 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A blob that a layout does not contain.
-    #[error("layout {} has no blob {digest} (looked for {})", layout.display(), path.display())]
+    /// A blob that a layout (directory or archive) does not contain.
+    #[error("{what} has no blob {digest} (looked for {looked_for})")]
     LayoutBlobNotFound {
-        /// The layout directory.
-        layout: PathBuf,
+        /// The layout (`layout DIR`, `oci-archive FILE`).
+        what: String,
         /// The blob.
         digest: Digest,
-        /// Where it would be.
-        path: PathBuf,
+        /// Where it would be: a path, or a member of an archive.
+        looked_for: String,
     },
     /// A tag that no manifest in a layout carries.
-    #[error("layout {} has no tag {tag} (tags: {})", layout.display(), list(tags))]
+    #[error("{what} has no tag {tag} (tags: {})", list(tags))]
     TagNotFound {
-        /// The layout directory.
-        layout: PathBuf,
+        /// The layout (`layout DIR`, `oci-archive FILE`).
+        what: String,
         /// The tag asked for.
         tag: String,
         /// The tags it has.
         tags: Vec<String>,
     },
     /// A layout whose `index.json` lists no manifests.
-    #[error("layout {} holds no images", layout.display())]
+    #[error("{what} holds no images")]
     EmptyLayout {
-        /// The layout directory.
-        layout: PathBuf,
+        /// The layout (`layout DIR`, `oci-archive FILE`).
+        what: String,
     },
     /// No tag or digest was given, and the layout holds more than one manifest.
     #[error(
-        "layout {} holds {count} manifests; choose one by tag or digest (tags: {})",
-        layout.display(),
+        "{what} holds {count} manifests; choose one by tag or digest (tags: {})",
         list(tags)
     )]
     AmbiguousLayout {
-        /// The layout directory.
-        layout: PathBuf,
+        /// The layout (`layout DIR`, `oci-archive FILE`).
+        what: String,
         /// How many entries its `index.json` has.
         count: usize,
         /// The tags it has.
         tags: Vec<String>,
+    },
+    /// A blob or document larger than the cap for its kind.
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    BlobTooLarge {
+        /// The blob and where it is.
+        what: String,
+        /// The cap.
+        limit: u64,
+    },
+    /// A file that is not a tar archive gantry can read: a bad header, no end marker, too many
+    /// members, an unsupported extension.
+    #[error("{} is not a valid tar archive: {reason}", archive.display())]
+    BadArchive {
+        /// The archive file.
+        archive: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A member of a tar archive that cannot be used: an escaping or duplicate name, data past
+    /// the end of the file, a symlink where a file is needed, a digest that does not match.
+    #[error("{}: member {member}: {reason}", archive.display())]
+    BadArchiveMember {
+        /// The archive file.
+        archive: PathBuf,
+        /// The member's name as stored (lossily decoded).
+        member: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A docker-archive whose `manifest.json` cannot be used, or an image not in it.
+    #[error("docker-archive {}: {reason}", archive.display())]
+    DockerArchive {
+        /// The archive file.
+        archive: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An archive that cannot be written as asked (a manifest or blob missing from it, an index
+    /// where a docker-archive needs an image manifest, a reference it cannot carry).
+    #[error("cannot write {what}: {reason}")]
+    ArchiveContent {
+        /// The archive being written (`docker-archive FILE`).
+        what: String,
+        /// Why.
+        reason: String,
     },
     /// An index without a manifest for the requested platform.
     #[error(
@@ -175,6 +219,14 @@ pub enum Error {
     RefuseToReplace {
         /// The output path.
         path: PathBuf,
+    },
+    /// An output file path that exists and is not something gantry may replace.
+    #[error("refusing to replace {}: {reason}", path.display())]
+    RefuseToReplaceFile {
+        /// The output path.
+        path: PathBuf,
+        /// What it is (a directory, a symlink, a file that is not a tar archive).
+        reason: &'static str,
     },
     /// An output path that cannot name a directory (such as `/`).
     #[error("invalid output path {}: {reason}", path.display())]

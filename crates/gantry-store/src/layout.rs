@@ -1,20 +1,25 @@
-//! OCI image layout directories: reading with verification and platform resolution, and
-//! writing atomically.
+//! OCI image layouts: reading with verification and platform resolution, from a directory or
+//! from an archive, and writing directories atomically.
 //!
 //! Reading trusts nothing: `oci-layout` and `index.json` are size-capped and parsed strictly,
-//! and every blob is checked against its descriptor's size and digest as it is read. Blob files
-//! may be symlinks (Bazel's rules_oci makes them); they are followed, and the digest check keeps
-//! that safe.
+//! and every blob is checked against its descriptor's size and digest as it is read. The
+//! resolution logic ([`Layout`]) is written once over a [`LayoutSource`], which only knows how to
+//! read a small file and open a blob: [`Layout::open`] reads a directory, [`Layout::open_archive`]
+//! an `oci-archive` tar file (see `archive.rs`). Blob files of a directory may be symlinks
+//! (Bazel's rules_oci makes them); they are followed, and the digest check keeps that safe.
 //!
 //! Writing builds the whole layout in a temp directory next to the destination and moves it
 //! into place at the end, so a failed build leaves the previous output intact and no half
-//! output behind.
+//! output behind. [`ImageWriter`] is the interface [`LayoutWriter`] shares with the archive
+//! writers.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gantry_oci::annotations::REF_NAME;
 use gantry_oci::json::{self, MAX_MANIFEST_SIZE};
@@ -26,18 +31,19 @@ use gantry_oci::{
 use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
 
+use crate::archive::ArchiveSource;
 use crate::fsutil::{exchange, fsync_dir, read_capped, rename_noreplace, write_new_file};
 use crate::{Error, Result, Store};
 
 /// How many indexes may be nested inside each other before resolution gives up.
 pub const MAX_INDEX_DEPTH: usize = 8;
 
-const OCI_LAYOUT_FILE: &str = "oci-layout";
-const INDEX_FILE: &str = "index.json";
+pub(crate) const OCI_LAYOUT_FILE: &str = "oci-layout";
+pub(crate) const INDEX_FILE: &str = "index.json";
 /// Cap on the `oci-layout` file.
 const MAX_OCI_LAYOUT_FILE: u64 = 64 << 10;
 /// The annotation containerd (and `docker save` with the containerd store) puts on entries.
-const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
+pub(crate) const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
 /// Mode of blob files we write: content-addressed, never modified in place.
 const BLOB_MODE: u32 = 0o444;
 /// Mode of `oci-layout` and `index.json`.
@@ -45,9 +51,18 @@ const METADATA_MODE: u32 = 0o644;
 
 /// The content of the `oci-layout` file.
 #[derive(Serialize, Deserialize)]
-struct LayoutVersion {
+pub(crate) struct LayoutVersion {
     #[serde(rename = "imageLayoutVersion")]
-    image_layout_version: String,
+    pub(crate) image_layout_version: String,
+}
+
+impl LayoutVersion {
+    /// The canonical `oci-layout` file gantry writes.
+    pub(crate) fn current_bytes() -> Vec<u8> {
+        json::to_canonical_vec(&LayoutVersion {
+            image_layout_version: OCI_LAYOUT_VERSION.to_owned(),
+        })
+    }
 }
 
 /// Which image of a layout to use.
@@ -74,48 +89,136 @@ pub struct Resolved {
     pub manifest_bytes: Vec<u8>,
 }
 
-/// An OCI image layout opened for reading.
+/// Where the files of an OCI image layout come from: the only thing [`Layout`] needs from a
+/// directory or an archive. Implementations do no verification; [`Layout`] verifies everything
+/// it reads.
+pub trait LayoutSource: fmt::Debug + Send + Sync {
+    /// Reads the whole file `rel` (`oci-layout`, `index.json`) if it exists, refusing more than
+    /// `limit` bytes. `Ok(None)` means it does not exist.
+    fn read_small(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>>;
+
+    /// Opens the blob `blobs/<alg>/<hex>` for streaming, unverified.
+    /// [`Error::LayoutBlobNotFound`] if there is no such blob.
+    fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>>;
+
+    /// The layout in messages: `layout DIR`, `oci-archive FILE`.
+    fn describe(&self) -> String;
+
+    /// A file of the layout in messages: its path, or the member and the archive.
+    fn describe_file(&self, rel: &str) -> String;
+
+    /// The directory or archive file.
+    fn path(&self) -> &Path;
+
+    /// A blob of the layout in messages.
+    fn describe_blob(&self, digest: &Digest) -> String {
+        format!("blob {digest} in {}", self.describe())
+    }
+}
+
+/// An OCI image layout directory.
+#[derive(Debug)]
+struct DirSource {
+    dir: PathBuf,
+}
+
+impl LayoutSource for DirSource {
+    fn read_small(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(rel);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        read_capped(&path, limit).map(Some)
+    }
+
+    fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>> {
+        let path = self.dir.join(digest.blob_path());
+        match File::open(&path) {
+            Ok(file) => Ok(Box::new(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::LayoutBlobNotFound {
+                what: self.describe(),
+                digest: digest.clone(),
+                looked_for: path.display().to_string(),
+            }),
+            Err(e) => Err(Error::io("open", &path, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("layout {}", self.dir.display())
+    }
+
+    fn describe_file(&self, rel: &str) -> String {
+        self.dir.join(rel).display().to_string()
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// An OCI image layout opened for reading: a directory ([`Layout::open`]) or an `oci-archive`
+/// tar file ([`Layout::open_archive`]). Tags, digests, nested indexes, platforms and
+/// verification work the same for both. Cloning is cheap (the source is shared).
 #[derive(Debug, Clone)]
 pub struct Layout {
-    dir: PathBuf,
+    source: Arc<dyn LayoutSource>,
     index: ImageIndex,
 }
 
 impl Layout {
     /// Opens the layout at `dir`: checks `oci-layout` and reads `index.json`.
     pub fn open(dir: &Path) -> Result<Layout> {
-        let not_a_layout = |reason: &str| Error::NotALayout {
-            path: dir.to_owned(),
-            reason: reason.to_owned(),
-        };
         if !dir.is_dir() {
-            return Err(not_a_layout("it is not a directory"));
+            return Err(Error::NotALayout {
+                path: dir.to_owned(),
+                reason: "it is not a directory".to_owned(),
+            });
         }
-        let version_path = dir.join(OCI_LAYOUT_FILE);
-        if !version_path.is_file() {
-            return Err(not_a_layout("it has no oci-layout file"));
-        }
-        let bytes = read_capped(&version_path, MAX_OCI_LAYOUT_FILE)?;
-        let what = version_path.display().to_string();
+        Layout::from_source(Arc::new(DirSource {
+            dir: dir.to_owned(),
+        }))
+    }
+
+    /// Opens an `oci-archive` (a plain tar of an OCI layout, as `skopeo copy …
+    /// oci-archive:FILE:TAG` writes it): scans its headers once, validating every member name,
+    /// then checks `oci-layout` and reads `index.json`. Blobs are read in place, by offset.
+    pub fn open_archive(file: &Path) -> Result<Layout> {
+        Layout::from_source(Arc::new(ArchiveSource::open(file)?))
+    }
+
+    /// Opens a layout over any source: checks `oci-layout` and reads `index.json`.
+    pub fn from_source(source: Arc<dyn LayoutSource>) -> Result<Layout> {
+        let not_a_layout = |reason: String| Error::NotALayout {
+            path: source.path().to_owned(),
+            reason,
+        };
+        let Some(bytes) = source.read_small(OCI_LAYOUT_FILE, MAX_OCI_LAYOUT_FILE)? else {
+            return Err(not_a_layout(format!("it has no {OCI_LAYOUT_FILE} file")));
+        };
+        let what = source.describe_file(OCI_LAYOUT_FILE);
         let version: LayoutVersion = json::parse_strict(&bytes, &what, MAX_OCI_LAYOUT_FILE)?;
         if version.image_layout_version != OCI_LAYOUT_VERSION {
-            return Err(not_a_layout(&format!(
+            return Err(not_a_layout(format!(
                 "unsupported imageLayoutVersion {:?} (gantry reads {OCI_LAYOUT_VERSION})",
                 version.image_layout_version
             )));
         }
-        let index_path = dir.join(INDEX_FILE);
-        let bytes = read_capped(&index_path, MAX_MANIFEST_SIZE)?;
-        let index = parse_index(&bytes, None, &index_path.display().to_string())?;
-        Ok(Layout {
-            dir: dir.to_owned(),
-            index,
-        })
+        let Some(bytes) = source.read_small(INDEX_FILE, MAX_MANIFEST_SIZE)? else {
+            return Err(not_a_layout(format!("it has no {INDEX_FILE} file")));
+        };
+        let index = parse_index(&bytes, None, &source.describe_file(INDEX_FILE))?;
+        Ok(Layout { source, index })
     }
 
-    /// The layout directory.
+    /// The layout directory, or the archive file.
     pub fn path(&self) -> &Path {
-        &self.dir
+        self.source.path()
+    }
+
+    /// The layout in messages: `layout DIR` or `oci-archive FILE`.
+    pub fn describe(&self) -> String {
+        self.source.describe()
     }
 
     /// The parsed `index.json`.
@@ -138,28 +241,25 @@ impl Layout {
         tags
     }
 
-    /// The path of a blob in the layout.
+    /// The path of a blob of a layout directory. For an archive this names no file on disk
+    /// (`FILE/blobs/<alg>/<hex>`); read blobs with [`Layout::open_blob_verified`], which works
+    /// for both.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join(digest.blob_path())
+        self.source.path().join(digest.blob_path())
     }
 
     /// Opens a blob for streaming. The reader fails with an `InvalidData` error (wrapping a
     /// `gantry_oci::Error` that names the layout and digest) if the blob's size or digest
     /// differs from `desc` when its end is reached.
-    pub fn open_blob_verified(&self, desc: &Descriptor) -> Result<VerifyingReader<File>> {
-        let what = self.blob_what(&desc.digest);
+    pub fn open_blob_verified(
+        &self,
+        desc: &Descriptor,
+    ) -> Result<VerifyingReader<Box<dyn Read + Send>>> {
+        let what = self.source.describe_blob(&desc.digest);
         desc.validate(&what)?;
-        let path = self.blob_path(&desc.digest);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::LayoutBlobNotFound {
-                layout: self.dir.clone(),
-                digest: desc.digest.clone(),
-                path: path.clone(),
-            },
-            _ => Error::io("open", &path, e),
-        })?;
+        let reader = self.source.open_blob(&desc.digest)?;
         Ok(VerifyingReader::new(
-            file,
+            reader,
             desc.digest.clone(),
             desc.size,
             what,
@@ -169,8 +269,8 @@ impl Layout {
     /// Reads a whole blob of at most `limit` bytes, verified against `desc`.
     pub fn read_blob_verified(&self, desc: &Descriptor, limit: u64) -> Result<Vec<u8>> {
         if desc.size > limit {
-            return Err(Error::TooLarge {
-                path: self.blob_path(&desc.digest),
+            return Err(Error::BlobTooLarge {
+                what: self.source.describe_blob(&desc.digest),
                 limit,
             });
         }
@@ -178,14 +278,14 @@ impl Layout {
         let mut bytes = Vec::new();
         reader
             .read_to_end(&mut bytes)
-            .map_err(|e| Error::copy(self.blob_what(&desc.digest), e))?;
+            .map_err(|e| Error::copy(self.source.describe_blob(&desc.digest), e))?;
         Ok(bytes)
     }
 
     /// Finds the image manifest that `selector` names, descending through indexes to the entry
     /// for `platform`.
     pub fn resolve(&self, selector: &Selector, platform: &Platform) -> Result<Resolved> {
-        let what = format!("layout {}", self.dir.display());
+        let what = self.source.describe();
         let candidates = self.select(selector)?;
         let start = match candidates.as_slice() {
             [only] => only.clone(),
@@ -208,7 +308,7 @@ impl Layout {
                     .collect();
                 if found.is_empty() {
                     return Err(Error::TagNotFound {
-                        layout: self.dir.clone(),
+                        what: self.source.describe(),
                         tag: tag.clone(),
                         tags: self.tags(),
                     });
@@ -222,10 +322,10 @@ impl Layout {
             Selector::Only => match entries.as_slice() {
                 [only] => Ok(vec![only.clone()]),
                 [] => Err(Error::EmptyLayout {
-                    layout: self.dir.clone(),
+                    what: self.source.describe(),
                 }),
                 several => Err(Error::AmbiguousLayout {
-                    layout: self.dir.clone(),
+                    what: self.source.describe(),
                     count: several.len(),
                     tags: self.tags(),
                 }),
@@ -236,16 +336,19 @@ impl Layout {
     /// A descriptor for a manifest or index blob that `index.json` does not list (such as one
     /// platform's manifest inside an index): its media type comes from the document itself.
     fn descriptor_of_blob(&self, digest: &Digest) -> Result<Descriptor> {
-        let path = self.blob_path(digest);
-        if !path.exists() {
-            return Err(Error::LayoutBlobNotFound {
-                layout: self.dir.clone(),
-                digest: digest.clone(),
-                path,
+        let what = self.source.describe_blob(digest);
+        let mut bytes = Vec::new();
+        self.source
+            .open_blob(digest)?
+            .take(MAX_MANIFEST_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::copy(what.clone(), e))?;
+        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+            return Err(Error::BlobTooLarge {
+                what,
+                limit: MAX_MANIFEST_SIZE,
             });
         }
-        let bytes = read_capped(&path, MAX_MANIFEST_SIZE)?;
-        let what = self.blob_what(digest);
         let actual = Digest::compute(digest.algorithm(), &bytes);
         if actual != *digest {
             return Err(Error::DigestMismatch {
@@ -260,11 +363,6 @@ impl Layout {
             digest.clone(),
             bytes.len() as u64,
         ))
-    }
-
-    /// How a blob of this layout is named in errors.
-    fn blob_what(&self, digest: &Digest) -> String {
-        format!("blob {digest} in layout {}", self.dir.display())
     }
 }
 
@@ -348,6 +446,25 @@ fn has_tag(entry: &Descriptor, tag: &str) -> bool {
         || containerd.is_some_and(|n| n.strip_suffix(tag).is_some_and(|r| r.ends_with(':')))
 }
 
+/// What every image output writer offers: [`LayoutWriter`] (a directory),
+/// [`crate::OciArchiveWriter`] and [`crate::DockerArchiveWriter`] (single tar files). Blobs
+/// added twice are written once; each writer also has these as inherent methods, plus its own
+/// `commit`.
+pub trait ImageWriter {
+    /// Adds a blob from memory (sha256). Returns its digest.
+    fn add_blob_bytes(&mut self, bytes: &[u8]) -> Result<Digest>;
+    /// Adds a blob of the store, verified as it is read (a writer may hard-link instead).
+    fn add_blob_from_store(&mut self, store: &Store, digest: &Digest) -> Result<()>;
+    /// Adds a blob read from `reader`, verified against `desc` (at most `size + 1` bytes are
+    /// read).
+    fn add_blob_from_reader(&mut self, reader: &mut dyn Read, desc: &Descriptor) -> Result<()>;
+    /// Adds a blob of a layout (directory or archive), verified against `desc` once.
+    fn add_blob_from_layout(&mut self, layout: &Layout, desc: &Descriptor) -> Result<()>;
+    /// Adds an entry to `index.json`; the caller sets its annotations (such as the
+    /// `org.opencontainers.image.ref.name` tag) and platform.
+    fn add_manifest(&mut self, desc: Descriptor);
+}
+
 /// Writes an OCI image layout into a temp directory next to its destination, then moves it
 /// into place with [`LayoutWriter::commit`]. Dropping it without committing removes the temp
 /// directory and leaves the destination untouched.
@@ -385,13 +502,10 @@ impl LayoutWriter {
             .map_err(|e| Error::io("create a temp directory in", parent, e))?;
         fs::set_permissions(temp.path(), Permissions::from_mode(0o755))
             .map_err(|e| Error::io("chmod", temp.path(), e))?;
-        let version = LayoutVersion {
-            image_layout_version: OCI_LAYOUT_VERSION.to_owned(),
-        };
         let version_path = temp.path().join(OCI_LAYOUT_FILE);
         write_new_file(
             &version_path,
-            &json::to_canonical_vec(&version),
+            &LayoutVersion::current_bytes(),
             METADATA_MODE,
         )?;
         Ok(LayoutWriter {
@@ -441,6 +555,18 @@ impl LayoutWriter {
             return Ok(());
         }
         self.copy_blob(reader, desc, &format!("blob {}", desc.digest))
+    }
+
+    /// Adds a blob of a layout (directory or archive), verified against `desc` while it is
+    /// copied. Nothing is read if the blob was already added.
+    pub fn add_blob_from_layout(&mut self, layout: &Layout, desc: &Descriptor) -> Result<()> {
+        if self.blobs.contains(&desc.digest) {
+            return Ok(());
+        }
+        let what = layout.source.describe_blob(&desc.digest);
+        desc.validate(&what)?;
+        let reader = layout.source.open_blob(&desc.digest)?;
+        self.copy_blob(reader, desc, &what)
     }
 
     /// Adds an entry to `index.json`. The caller sets its annotations (such as the
@@ -528,6 +654,24 @@ impl LayoutWriter {
             Some(parent) => fsync_dir(parent),
             None => Ok(()),
         }
+    }
+}
+
+impl ImageWriter for LayoutWriter {
+    fn add_blob_bytes(&mut self, bytes: &[u8]) -> Result<Digest> {
+        LayoutWriter::add_blob_bytes(self, bytes)
+    }
+    fn add_blob_from_store(&mut self, store: &Store, digest: &Digest) -> Result<()> {
+        LayoutWriter::add_blob_from_store(self, store, digest)
+    }
+    fn add_blob_from_reader(&mut self, reader: &mut dyn Read, desc: &Descriptor) -> Result<()> {
+        LayoutWriter::add_blob_from_reader(self, reader, desc)
+    }
+    fn add_blob_from_layout(&mut self, layout: &Layout, desc: &Descriptor) -> Result<()> {
+        LayoutWriter::add_blob_from_layout(self, layout, desc)
+    }
+    fn add_manifest(&mut self, desc: Descriptor) {
+        LayoutWriter::add_manifest(self, desc);
     }
 }
 

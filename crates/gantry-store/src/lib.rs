@@ -8,7 +8,11 @@
 //! - Refs ([`RefEntry`]): named GC roots, optionally tied to a path that must keep existing.
 //! - [`Store::gc`] and [`Store::fsck`]: collection of unreachable blobs and integrity checks.
 //! - [`Layout`] and [`LayoutWriter`]: reading (with verification and platform resolution) and
-//!   atomically writing OCI image layout directories.
+//!   atomically writing OCI image layout directories. [`Layout::open_archive`] reads an
+//!   `oci-archive` tar file with the same resolution logic.
+//! - Image archives: [`OciArchiveWriter`] and [`DockerArchiveWriter`] write deterministic
+//!   `oci-archive` and `docker-archive` tar files; [`DockerArchive`] reads `docker save` output.
+//!   [`ImageWriter`] is what every output writer offers.
 //!
 //! Locking: every open store holds `locks/gc.lock` shared for its lifetime and GC takes it
 //! exclusively, so GC never runs while another process may rely on a blob it has not yet rooted.
@@ -18,6 +22,7 @@
 //!
 //! The library never prints; it logs at debug level through `tracing`.
 
+mod archive;
 mod error;
 mod fsck;
 mod fsutil;
@@ -29,9 +34,15 @@ mod store;
 #[cfg(test)]
 mod test_support;
 
+pub use archive::{
+    DockerArchive, DockerArchiveWriter, DockerImage, DockerLayer, DockerManifestEntry,
+    OciArchiveWriter,
+};
 pub use error::{Error, Result};
 pub use fsck::{Finding, FsckOptions, FsckReport, Problem};
 pub use gc::{GcOptions, GcReport};
-pub use layout::{Layout, LayoutWriter, MAX_INDEX_DEPTH, Resolved, Selector};
+pub use layout::{
+    ImageWriter, Layout, LayoutSource, LayoutWriter, MAX_INDEX_DEPTH, Resolved, Selector,
+};
 pub use refs::RefEntry;
 pub use store::{BlobWriter, LinkKind, Store};

@@ -100,3 +100,22 @@ pub(crate) fn corrupt_blob(store: &Store, digest: &Digest) -> Digest {
     fs::set_permissions(&path, Permissions::from_mode(0o444)).unwrap();
     Digest::sha256(&bytes)
 }
+
+/// A tar stream of regular files (ustar, root-owned, mtime 0), as a layer.
+pub(crate) fn tar_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use crate::archive::test_tar::{end_marker, file_entry};
+    let mut out = Vec::new();
+    for (name, content) in files {
+        out.extend_from_slice(&file_entry(name, content));
+    }
+    out.extend_from_slice(&end_marker());
+    out
+}
+
+/// `bytes` gzip-compressed.
+pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
