@@ -48,6 +48,14 @@ pub enum Error {
     /// The file has problems; all of them are listed.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
+    /// A lock file that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A target name on the command line that the project does not define.
     #[error("{file}: no target named {name:?} (targets: {known})", file = .file.display())]
     UnknownTarget {

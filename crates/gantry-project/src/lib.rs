@@ -10,6 +10,7 @@
 //! steps slot in as new [`TargetRef`] kinds with their own dependency edges.
 
 mod error;
+mod lock;
 pub mod schema;
 pub mod spans;
 
@@ -19,10 +20,11 @@ use std::path::{Path, PathBuf};
 use gantry_image::{Base, ConfigEdits, normalize_port, validate_label_key};
 use gantry_layer::LayerSpec;
 use gantry_layer::spec::Field;
-use gantry_oci::{Platform, Reference};
+use gantry_oci::{Digest, Platform, Reference};
 
 pub use error::{Diagnostic, Error};
-use schema::{AutoLabelsSpec, EpochSpec, ImageSpec, ProjectFile};
+pub use lock::{LOCK_FILE, Lock, LockedPull};
+use schema::{AutoLabelsSpec, EpochSpec, ImageSpec, ProjectFile, PullSpec};
 pub use spans::{KeyPath, LineCol, Seg, SpanIndex};
 
 /// The default project file name.
@@ -43,6 +45,10 @@ pub struct Project {
     pub layers: BTreeMap<String, LayerTarget>,
     /// Image targets by name.
     pub images: BTreeMap<String, ImageTarget>,
+    /// Pull targets by name.
+    pub pulls: BTreeMap<String, PullTarget>,
+    /// The lock (gantry.lock next to the project file; empty if there is none).
+    pub lock: Lock,
     spans: SpanIndex,
 }
 
@@ -55,6 +61,47 @@ pub struct Settings {
     pub output_dir: PathBuf,
     /// Default platform of images.
     pub platform: Option<Platform>,
+    /// Registries reachable over plain HTTP or unverified TLS.
+    pub insecure_registries: Vec<String>,
+    /// Extra CA files (absolute) per registry host.
+    pub registry_ca: BTreeMap<String, PathBuf>,
+}
+
+/// A `[pull.NAME]` target: an image in a registry.
+#[derive(Debug, Clone)]
+pub struct PullTarget {
+    /// The name.
+    pub name: String,
+    /// `registry/repository`, without tag or digest.
+    pub repository: Reference,
+    /// What it is pinned by.
+    pub source: PullSource,
+    /// Platform to pick from an index.
+    pub platform: Option<Platform>,
+    /// Never send credentials.
+    pub anonymous: bool,
+    /// Where its table starts.
+    pub at: LineCol,
+}
+
+/// How a pull target names its image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullSource {
+    /// A digest (with the tag it came from, if given, for documentation).
+    Digest(Digest, Option<String>),
+    /// A tag, pinned by the lock file.
+    Tag(String),
+    /// Named digests; targets are `NAME#variant`.
+    Variants(BTreeMap<String, Digest>),
+}
+
+/// What a pull target (or one variant of it) resolves to for a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// A digest, from the project or the lock.
+    Digest(Digest),
+    /// A tag the lock does not pin (yet).
+    Unpinned(String),
 }
 
 /// Where the build time comes from.
@@ -160,6 +207,8 @@ pub enum BaseRef {
     Fixed(Base),
     /// Another image target.
     Image(String),
+    /// A pull target, or one variant of it (`debian#bookworm`).
+    Pull(String),
 }
 
 /// An `[image.NAME]` target.
@@ -187,6 +236,8 @@ pub struct ImageTarget {
     pub output: PathBuf,
     /// For artifacts.
     pub artifact_type: Option<String>,
+    /// Whether registry-only base layers stay out of the output layout.
+    pub shallow: bool,
     /// Where its table starts.
     pub at: LineCol,
 }
@@ -198,13 +249,15 @@ pub enum TargetRef {
     Layer(String),
     /// An image.
     Image(String),
+    /// A pull target (`NAME` or `NAME#variant`).
+    Pull(String),
 }
 
 impl TargetRef {
     /// The target's name.
     pub fn name(&self) -> &str {
         match self {
-            TargetRef::Layer(n) | TargetRef::Image(n) => n,
+            TargetRef::Layer(n) | TargetRef::Image(n) | TargetRef::Pull(n) => n,
         }
     }
 }
@@ -214,6 +267,7 @@ impl std::fmt::Display for TargetRef {
         match self {
             TargetRef::Layer(n) => write!(f, "layer.{n}"),
             TargetRef::Image(n) => write!(f, "image.{n}"),
+            TargetRef::Pull(n) => write!(f, "pull.{n}"),
         }
     }
 }
@@ -281,6 +335,12 @@ impl Project {
             problems: Vec::new(),
         };
         let settings = check_settings(&mut c, &parsed, &dir);
+        let mut pulls = BTreeMap::new();
+        for (name, spec) in &parsed.pull {
+            if let Some(p) = check_pull(&mut c, name, spec, &parsed) {
+                pulls.insert(name.clone(), p);
+            }
+        }
         let mut layers = BTreeMap::new();
         for (name, spec) in &parsed.layer {
             let at_key = kp(&["layer", name]);
@@ -340,12 +400,15 @@ impl Project {
             problems.sort_by_key(|d| (d.at.line, d.at.column));
             return Err(Error::Invalid(problems));
         }
+        let lock = Lock::load(&dir)?;
         Ok(Project {
             file: file.to_owned(),
             dir,
             settings,
             layers,
             images,
+            pulls,
+            lock,
             spans,
         })
     }
@@ -358,6 +421,34 @@ impl Project {
         }
     }
 
+    fn pull_ref_ok(&self, name: &str) -> bool {
+        let (base, variant) = split_variant(name);
+        match (self.pulls.get(base).map(|p| &p.source), variant) {
+            (Some(PullSource::Variants(v)), Some(var)) => v.contains_key(var),
+            (Some(PullSource::Variants(_)), None) | (None, _) => false,
+            (Some(_), variant) => variant.is_none(),
+        }
+    }
+
+    /// The pull target of a `NAME` or `NAME#variant` reference, and what it resolves to now
+    /// (the project's digest, the variant's, the lock's pin, or an unpinned tag).
+    pub fn pin(&self, reference: &str) -> Option<(&PullTarget, Pin)> {
+        let (name, variant) = split_variant(reference);
+        let pull = self.pulls.get(name)?;
+        let pin = match (&pull.source, variant) {
+            (PullSource::Digest(d, _), None) => Pin::Digest(d.clone()),
+            (PullSource::Variants(v), Some(var)) => Pin::Digest(v.get(var)?.clone()),
+            (PullSource::Tag(t), None) => {
+                match self.lock.pinned(name, &pull.repository.name(), t) {
+                    Some(d) => Pin::Digest(d.clone()),
+                    None => Pin::Unpinned(t.clone()),
+                }
+            }
+            _ => return None,
+        };
+        Some((pull, pin))
+    }
+
     /// The line and column of a key, for errors found while building.
     pub fn locate_key(&self, key: &KeyPath) -> LineCol {
         self.spans.locate(key)
@@ -366,12 +457,14 @@ impl Project {
     /// The direct dependencies of a target.
     pub fn deps(&self, t: &TargetRef) -> Vec<TargetRef> {
         match t {
-            TargetRef::Layer(_) => Vec::new(),
+            TargetRef::Layer(_) | TargetRef::Pull(_) => Vec::new(),
             TargetRef::Image(n) => {
                 let img = &self.images[n];
                 let mut d: Vec<TargetRef> = Vec::new();
-                if let BaseRef::Image(b) = &img.base {
-                    d.push(TargetRef::Image(b.clone()));
+                match &img.base {
+                    BaseRef::Image(b) => d.push(TargetRef::Image(b.clone())),
+                    BaseRef::Pull(p) => d.push(TargetRef::Pull(p.clone())),
+                    BaseRef::Fixed(_) => {}
                 }
                 for l in &img.layers {
                     let r = TargetRef::Layer(l.clone());
@@ -419,11 +512,14 @@ impl Project {
             Ok(TargetRef::Layer(name.to_owned()))
         } else if self.images.contains_key(name) {
             Ok(TargetRef::Image(name.to_owned()))
+        } else if self.pull_ref_ok(name) {
+            Ok(TargetRef::Pull(name.to_owned()))
         } else {
             let known: Vec<&str> = self
                 .images
                 .keys()
                 .chain(self.layers.keys())
+                .chain(self.pulls.keys())
                 .map(String::as_str)
                 .collect();
             Err(Error::UnknownTarget {
@@ -433,6 +529,114 @@ impl Project {
             })
         }
     }
+}
+
+/// Splits `NAME#variant`.
+pub fn split_variant(reference: &str) -> (&str, Option<&str>) {
+    match reference.split_once('#') {
+        Some((n, v)) => (n, Some(v)),
+        None => (reference, None),
+    }
+}
+
+fn check_pull(
+    c: &mut Checker<'_>,
+    name: &str,
+    spec: &PullSpec,
+    parsed: &ProjectFile,
+) -> Option<PullTarget> {
+    let at = kp(&["pull", name]);
+    if !valid_name(name) {
+        c.report(
+            at.clone(),
+            "target names start with a letter or digit and use letters, digits, '-', '_', '.'",
+        );
+    }
+    if parsed.layer.contains_key(name) || parsed.image.contains_key(name) {
+        c.report(
+            at.clone(),
+            format!("the name {name:?} is also a layer or image; target names must be unique"),
+        );
+    }
+    let repository = match Reference::parse(&spec.repository) {
+        Ok(r) if r.tag().is_some() || r.digest().is_some() => {
+            c.report(
+                at.join("repository"),
+                "give the repository alone; put a tag in `tag` and a digest in `digest`",
+            );
+            return None;
+        }
+        Ok(r) => r,
+        Err(e) => {
+            c.report(at.join("repository"), e.to_string());
+            return None;
+        }
+    };
+    if let Some(t) = &spec.tag
+        && let Err(e) = gantry_oci::validate_tag(t)
+    {
+        c.report(at.join("tag"), e);
+    }
+    let digest = spec.digest.as_ref().and_then(|d| match Digest::parse(d) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            c.report(at.join("digest"), e.to_string());
+            None
+        }
+    });
+    let mut variants = BTreeMap::new();
+    for (v, d) in &spec.variants {
+        if !valid_name(v) {
+            c.report(
+                at.join("variants").join(Seg::Key(v.clone())),
+                "variant names follow target names",
+            );
+        }
+        match Digest::parse(d) {
+            Ok(d) => {
+                variants.insert(v.clone(), d);
+            }
+            Err(e) => c.report(at.join("variants").join(Seg::Key(v.clone())), e.to_string()),
+        }
+    }
+    let source = match (&spec.tag, digest, spec.variants.is_empty()) {
+        (_, Some(d), true) => PullSource::Digest(d, spec.tag.clone()),
+        (Some(t), None, true) if spec.digest.is_none() => PullSource::Tag(t.clone()),
+        (None, None, false) => PullSource::Variants(variants),
+        (_, _, false) => {
+            c.report(
+                at.join("variants"),
+                "`variants` replace `tag` and `digest`; give one",
+            );
+            return None;
+        }
+        (None, None, true) if spec.digest.is_none() => {
+            c.report(
+                at.clone(),
+                "a pull target needs a `tag`, a `digest` or `variants`",
+            );
+            return None;
+        }
+        _ => return None,
+    };
+    let platform = spec
+        .platform
+        .as_ref()
+        .and_then(|p| match Platform::parse(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.report(at.join("platform"), e.to_string());
+                None
+            }
+        });
+    Some(PullTarget {
+        name: name.to_owned(),
+        repository,
+        source,
+        platform,
+        anonymous: spec.anonymous,
+        at: c.spans.locate(&at),
+    })
 }
 
 fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Settings {
@@ -465,6 +669,12 @@ fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Sett
         source_date_epoch,
         output_dir: dir.join(s.output_dir.as_deref().unwrap_or(DEFAULT_OUTPUT_DIR)),
         platform,
+        insecure_registries: s.insecure_registries.clone(),
+        registry_ca: s
+            .registry_ca
+            .iter()
+            .map(|(h, p)| (h.clone(), dir.join(p)))
+            .collect(),
     }
 }
 
@@ -497,6 +707,36 @@ fn check_image(
             }
         },
         b if parsed.image.contains_key(b) => BaseRef::Image(b.to_owned()),
+        b if parsed.pull.contains_key(split_variant(b).0) => {
+            let (name, variant) = split_variant(b);
+            let spec = &parsed.pull[name];
+            match (spec.variants.is_empty(), variant) {
+                (true, None) => {}
+                (false, Some(v)) if spec.variants.contains_key(v) => {}
+                (false, Some(v)) => c.report(
+                    at.join("base"),
+                    format!(
+                        "pull.{name} has no variant {v:?} (variants: {})",
+                        spec.variants.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                (false, None) => c.report(
+                    at.join("base"),
+                    format!(
+                        "pull.{name} has variants; choose one: {}",
+                        spec.variants
+                            .keys()
+                            .map(|v| format!("{name}#{v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+                (true, Some(_)) => {
+                    c.report(at.join("base"), format!("pull.{name} has no variants"))
+                }
+            }
+            BaseRef::Pull(b.to_owned())
+        }
         b if parsed.layer.contains_key(b) => {
             c.report(at.join("base"), format!("{b:?} is a layer, not an image"));
             BaseRef::Fixed(Base::Scratch)
@@ -505,7 +745,7 @@ fn check_image(
             c.report(
                 at.join("base"),
                 format!(
-                    "unknown base {b:?}: expected \"scratch\", \"oci:DIR[:TAG]\" or an image target"
+                    "unknown base {b:?}: expected \"scratch\", \"oci:DIR[:TAG]\", an image or a pull target"
                 ),
             );
             BaseRef::Fixed(Base::Scratch)
@@ -664,6 +904,7 @@ fn check_image(
             None => settings.output_dir.join(name),
         },
         artifact_type: spec.artifact_type.clone(),
+        shallow: spec.shallow.or(parsed.settings.shallow).unwrap_or(true),
         at: c.spans.locate(&at),
     }
 }

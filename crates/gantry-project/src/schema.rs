@@ -20,6 +20,29 @@ pub struct ProjectFile {
     /// `[image.NAME]` tables.
     #[serde(default)]
     pub image: BTreeMap<String, ImageSpec>,
+    /// `[pull.NAME]` tables.
+    #[serde(default)]
+    pub pull: BTreeMap<String, PullSpec>,
+}
+
+/// `[pull.NAME]`: a base image in a registry, pinned by digest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PullSpec {
+    /// `[registry/]repository`, without tag or digest (`docker.io/library/python`).
+    pub repository: String,
+    /// A tag, pinned to a digest by `gantry lock` in gantry.lock.
+    pub tag: Option<String>,
+    /// A digest (wins over `tag`, which then only documents it).
+    pub digest: Option<String>,
+    /// Named digests: targets `NAME#variant` (Pants `oci_pull_images`).
+    #[serde(default)]
+    pub variants: BTreeMap<String, String>,
+    /// Platform to pick from an index (default: the image's, else this machine's).
+    pub platform: Option<String>,
+    /// Never send credentials (public images).
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// `[settings]`.
@@ -38,6 +61,14 @@ pub struct SettingsSpec {
     pub auto_labels: Option<AutoLabelsSpec>,
     /// Default platform of images (default: this machine's).
     pub platform: Option<String>,
+    /// Registries (`host[:port]`) that may be reached over plain HTTP or with unverified TLS.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificates (PEM files) per registry host, relative to the project.
+    #[serde(default)]
+    pub registry_ca: BTreeMap<String, String>,
+    /// Leave registry-only base layers out of output layouts (default true).
+    pub shallow: Option<bool>,
 }
 
 /// `source-date-epoch`: seconds or `"git"`.
@@ -107,6 +138,9 @@ pub struct ImageSpec {
     pub output: Option<String>,
     /// Build an OCI artifact of this type instead of a runnable image.
     pub artifact_type: Option<String>,
+    /// Leave base layers that are only in a registry out of the output layout (default: the
+    /// `[settings]` value, else true). Pushing and `gantry export` fetch or mount them.
+    pub shallow: Option<bool>,
 }
 
 /// `auto-labels = true | false | { revision = "…", ref-name = "none", created = "git" }`.

@@ -186,3 +186,113 @@ fn names_and_bases_are_checked() {
     let e = errors(d.path(), "[image.i]\nbase = \"i\"\n");
     assert!(e[0].contains("cycle: i -> i"), "{e:?}");
 }
+
+const PULLS: &str = r#"
+[pull.python]
+repository = "docker.io/library/python"
+tag = "3.12-slim"
+platform = "linux/amd64"
+
+[pull.debian]
+repository = "debian"
+variants = { bookworm = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", trixie = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824" }
+
+[pull.fixed]
+repository = "ghcr.io/o/r"
+digest = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+anonymous = true
+
+[image.a]
+base = "python"
+
+[image.b]
+base = "debian#trixie"
+
+[image.c]
+base = "fixed"
+"#;
+
+#[test]
+fn pull_targets_resolve_through_the_lock_and_variants() {
+    let d = dir_with_files();
+    let p = load(d.path(), PULLS).unwrap();
+    assert_eq!(
+        p.pulls["debian"].repository.to_string(),
+        "docker.io/library/debian"
+    );
+    assert_eq!(p.images["b"].base, BaseRef::Pull("debian#trixie".into()));
+    let order: Vec<String> = p
+        .plan(&["a".into(), "b".into()])
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        order,
+        ["pull.python", "image.a", "pull.debian#trixie", "image.b"]
+    );
+    assert_eq!(
+        p.pin("python").unwrap().1,
+        Pin::Unpinned("3.12-slim".into())
+    );
+    assert!(matches!(p.pin("debian#trixie").unwrap().1, Pin::Digest(_)));
+    assert!(p.pin("debian").is_none());
+    assert!(p.pin("debian#sid").is_none());
+    assert!(p.pulls["fixed"].anonymous);
+    // A lock for the same repository and tag pins it; for another tag it does not.
+    let pinned = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    std::fs::write(
+        d.path().join(LOCK_FILE),
+        format!("version = 1\n[pull.python]\nrepository = \"docker.io/library/python\"\ntag = \"3.12-slim\"\ndigest = \"{pinned}\"\n"),
+    )
+    .unwrap();
+    let p = Project::load(&d.path().join("gantry.toml"));
+    assert!(p.is_err(), "no gantry.toml on disk yet");
+    std::fs::write(d.path().join("gantry.toml"), PULLS).unwrap();
+    let p = Project::load(&d.path().join("gantry.toml")).unwrap();
+    assert_eq!(
+        p.pin("python").unwrap().1,
+        Pin::Digest(Digest::parse(pinned).unwrap())
+    );
+    std::fs::write(
+        d.path().join("gantry.toml"),
+        PULLS.replace("3.12-slim", "3.13"),
+    )
+    .unwrap();
+    let p = Project::load(&d.path().join("gantry.toml")).unwrap();
+    assert_eq!(p.pin("python").unwrap().1, Pin::Unpinned("3.13".into()));
+}
+
+#[test]
+fn bad_pull_targets_are_reported() {
+    let d = dir_with_files();
+    let e = errors(d.path(), "[pull.p]\nrepository = \"debian:12\"\n");
+    assert!(
+        e[0].contains("pull.p.repository") && e[0].contains("put a tag in `tag`"),
+        "{e:?}"
+    );
+    let e = errors(d.path(), "[pull.p]\nrepository = \"debian\"\n");
+    assert!(
+        e[0].contains("needs a `tag`, a `digest` or `variants`"),
+        "{e:?}"
+    );
+    let e = errors(
+        d.path(),
+        "[pull.p]\nrepository = \"debian\"\ndigest = \"sha256:nope\"\n",
+    );
+    assert!(e[0].contains("pull.p.digest"), "{e:?}");
+    let e = errors(
+        d.path(),
+        "[pull.p]\nrepository = \"debian\"\ntag = \"x\"\nvariants = { a = \"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a\" }\n",
+    );
+    assert!(e[0].contains("variants"), "{e:?}");
+    let text = PULLS.replace("base = \"debian#trixie\"", "base = \"debian\"");
+    let e = errors(d.path(), &text);
+    assert!(
+        e[0].contains("choose one: debian#bookworm, debian#trixie"),
+        "{e:?}"
+    );
+    let text = PULLS.replace("base = \"debian#trixie\"", "base = \"debian#sid\"");
+    let e = errors(d.path(), &text);
+    assert!(e[0].contains("no variant \"sid\""), "{e:?}");
+}
