@@ -38,6 +38,17 @@ pub struct GlobalArgs {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// A registry (host[:port]) that may be reached over plain HTTP or with unverified TLS.
+    /// Repeatable; adds to the project's `insecure-registries`.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificate for a registry: HOST=PEM_FILE. Repeatable.
+    #[arg(long = "registry-ca", global = true, value_name = "HOST=FILE")]
+    pub registry_ca: Vec<String>,
+    /// The credentials file (default: $REGISTRY_AUTH_FILE, else
+    /// $XDG_RUNTIME_DIR/containers/auth.json, else the Docker config).
+    #[arg(long, global = true, env = "REGISTRY_AUTH_FILE", value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
 }
 
 /// gantry's commands.
@@ -63,6 +74,21 @@ pub enum Command {
     Build(BuildArgs),
     /// Remove the image layouts a project's build wrote.
     Clean(CleanArgs),
+    /// Pin the tags of a project's pull targets to digests in gantry.lock.
+    Lock(LockArgs),
+    /// Push project images to their tags, or one image to the references given.
+    Push(PushArgs),
+    /// Copy an image between transports (oci:, oci-archive:, docker-archive:, docker://),
+    /// keeping its bytes and digests.
+    Copy(CopyArgs),
+    /// Write a project image (or any image) completely, fetching what is still remote.
+    Export(ExportArgs),
+    /// Download an image from a registry.
+    Pull(PullArgs),
+    /// Store credentials for a registry.
+    Login(LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(LogoutArgs),
     /// Check that every blob in the store matches its digest and every reference resolves.
     Fsck(FsckArgs),
     /// Remove blobs that nothing references.
@@ -299,6 +325,109 @@ pub struct BuildArgs {
     /// per target: start and end times).
     #[arg(long)]
     pub json: bool,
+    /// Resolve tags that gantry.lock does not pin, now (the build is then not reproducible).
+    #[arg(long)]
+    pub allow_unpinned: bool,
+}
+
+/// `gantry lock`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The project.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Move pins to what their tags point to now (all, or the named pull targets).
+    #[arg(long)]
+    pub update: bool,
+    /// Pull targets to update (with --update).
+    pub names: Vec<String>,
+}
+
+/// `gantry push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The project.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Image targets (default: every image with tags), or one image target (or transport
+    /// reference such as oci:DIR:TAG) followed by the references to push it to.
+    pub args: Vec<String>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Resolve tags that gantry.lock does not pin, now.
+    #[arg(long)]
+    pub allow_unpinned: bool,
+}
+
+/// `gantry copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Source: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF], docker://REF.
+    pub source: String,
+    /// Destination, in the same syntax.
+    pub destination: String,
+    /// Platform to pick from an index (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Recompress the layers (gzip, zstd or none); this changes their digests.
+    #[arg(long, value_name = "COMPRESSION")]
+    pub recompress: Option<String>,
+}
+
+/// `gantry export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The project.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// An image target of the project, or a transport reference.
+    pub image: String,
+    /// oci, oci-archive or docker-archive.
+    #[arg(long, default_value = "oci")]
+    pub format: String,
+    /// Where to write it (a directory for oci, a file otherwise).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: PathBuf,
+    /// The tag (or, for docker-archive, the reference) to record.
+    #[arg(short, long)]
+    pub tag: Option<String>,
+    /// Resolve tags that gantry.lock does not pin, now.
+    #[arg(long)]
+    pub allow_unpinned: bool,
+}
+
+/// `gantry pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image: [docker://]REF.
+    pub reference: String,
+    /// Where to put it, in transport syntax (default: oci:<repository name>:<tag>).
+    #[arg(short, long, value_name = "DEST")]
+    pub output: Option<String>,
+    /// Platform to pick from an index (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+/// `gantry login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry (host[:port]).
+    pub registry: String,
+    /// The user name.
+    #[arg(short, long)]
+    pub username: String,
+    /// Read the password from stdin (the only way: it never goes on a command line).
+    #[arg(long, required = true)]
+    pub password_stdin: bool,
+}
+
+/// `gantry logout`.
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The registry (host[:port]).
+    pub registry: String,
 }
 
 /// `gantry clean`.

@@ -17,14 +17,15 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_cache::{ActionCache, KeyHasher, StatCache, StatKey};
-use gantry_image::{Base, BlobSource, Built, Image};
+use gantry_image::{Base, BlobSource, Built, Image, RemoteBlobs};
 use gantry_layer::{FileStamp, LayerInfo, LayerPlan};
 use gantry_oci::{Digest, Platform, annotations};
-use gantry_project::{BaseRef, Epoch, ImageTarget, LabelValue, Project, TargetRef};
+use gantry_project::{BaseRef, Epoch, ImageTarget, LabelValue, Pin, Project, TargetRef};
 use gantry_store::{Layout, Store};
 use serde::Serialize;
 
 use crate::Context;
+use crate::util::parallel_map;
 
 /// What a build did.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +41,9 @@ pub struct BuildReport {
     pub layers: Vec<LayerOutcome>,
     /// Cache statistics.
     pub cache: CacheSummary,
+    /// The images built, by target name, with where each blob is (for pushing).
+    #[serde(skip)]
+    pub built: BTreeMap<String, Built>,
 }
 
 /// Cache statistics of a build.
@@ -165,14 +169,25 @@ struct PlannedLayer {
 /// What a finished target hands to the targets that depend on it.
 enum Finished {
     Layer(LayerInfo, bool, LayerOutcome),
-    Image(Box<(Image, Digest)>, ImageOutcome),
+    Image(Box<(Image, Digest, Built)>, ImageOutcome),
 }
 
 /// Runs `gantry build`.
 pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
-    let started = Instant::now();
     let project = load_project(ctx, &args.project)?;
-    let order = project.plan(&args.targets)?;
+    build(ctx, &project, &args.targets, args.allow_unpinned)
+}
+
+/// Builds `targets` of `project` (every image when empty); with `allow_unpinned`, tags that
+/// gantry.lock does not pin are resolved now.
+pub fn build(
+    ctx: &Context,
+    project: &Project,
+    targets: &[String],
+    allow_unpinned: bool,
+) -> Result<BuildReport> {
+    let started = Instant::now();
+    let order = project.plan(targets)?;
     tracing::debug!("project loaded in {:.1?}", started.elapsed());
 
     let needs_git = project.settings.source_date_epoch == Some(Epoch::Git)
@@ -207,7 +222,7 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
         .iter()
         .filter_map(|t| match t {
             TargetRef::Layer(n) => Some(n.as_str()),
-            TargetRef::Image(_) => None,
+            TargetRef::Image(_) | TargetRef::Pull(_) => None,
         })
         .collect();
     let plans = parallel_map(ctx.jobs, &layer_names, |name| {
@@ -223,23 +238,55 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
             .plan_checked(&project.dir, epoch)
             .with_context(|| at.clone())
     })?;
+    let store = ctx.store()?;
+    let mut registry: Option<gantry_registry::Client> = None;
     let mut fixed_bases: BTreeMap<String, Image> = BTreeMap::new();
     for t in &order {
-        if let TargetRef::Image(n) = t {
-            let img = &project.images[n];
-            if let BaseRef::Fixed(base) = &img.base {
+        match t {
+            TargetRef::Image(n) => {
+                let img = &project.images[n];
                 let platform = image_platform(img);
-                let strict = img.platform.is_some() && *base != Base::Scratch;
-                let loaded = Image::from_base(base, &platform, strict).with_context(|| {
-                    format!(
-                        "{}:{}:{}: image.{n}: cannot use base {base}",
-                        project.file.display(),
-                        img.at.line,
-                        img.at.column
-                    )
-                })?;
-                fixed_bases.insert(n.clone(), loaded);
+                let at = format!(
+                    "{}:{}:{}: image.{n}",
+                    project.file.display(),
+                    img.at.line,
+                    img.at.column
+                );
+                match &img.base {
+                    BaseRef::Fixed(base) => {
+                        let strict = img.platform.is_some() && *base != Base::Scratch;
+                        let loaded = Image::from_base(base, &platform, strict)
+                            .with_context(|| format!("{at}: cannot use base {base}"))?;
+                        fixed_bases.insert(n.clone(), loaded);
+                    }
+                    BaseRef::Pull(reference) => {
+                        let client = match &registry {
+                            Some(c) => c,
+                            None => registry.insert(crate::registry::client(ctx, Some(project))?),
+                        };
+                        let loaded = pull_base(
+                            project,
+                            client,
+                            &store,
+                            reference,
+                            img.platform.as_ref(),
+                            allow_unpinned,
+                        )
+                        .with_context(|| format!("{at}: cannot use base {reference}"))?;
+                        fixed_bases.insert(n.clone(), loaded);
+                    }
+                    BaseRef::Image(_) => {}
+                }
             }
+            TargetRef::Pull(reference) => {
+                // Built alone (`gantry build NAME`): resolve it now, shallowly.
+                let client = match &registry {
+                    Some(c) => c,
+                    None => registry.insert(crate::registry::client(ctx, Some(project))?),
+                };
+                pull_base(project, client, &store, reference, None, allow_unpinned)?;
+            }
+            TargetRef::Layer(_) => {}
         }
     }
 
@@ -247,7 +294,6 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
         "layers planned and bases loaded at {:.1?}",
         started.elapsed()
     );
-    let store = ctx.store()?;
     let cache = ActionCache::open(store.root())?;
     let stat = Mutex::new(StatCache::load(store.root(), &project.dir));
     tracing::debug!("store and caches opened at {:.1?}", started.elapsed());
@@ -313,8 +359,18 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
         images: Vec::new(),
         layers: Vec::new(),
         cache: CacheSummary::default(),
+        built: BTreeMap::new(),
     };
-    let mut pending: Vec<TargetRef> = order.clone();
+    // Pull targets were resolved with the bases; they have nothing left to run.
+    let pulls_done: Vec<&TargetRef> = order
+        .iter()
+        .filter(|t| matches!(t, TargetRef::Pull(_)))
+        .collect();
+    let mut pending: Vec<TargetRef> = order
+        .iter()
+        .filter(|t| !matches!(t, TargetRef::Pull(_)))
+        .cloned()
+        .collect();
     let mut failure: Option<anyhow::Error> = None;
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<(TargetRef, Result<Finished>)>();
@@ -326,6 +382,7 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
                     project.deps(t).iter().all(|d| match d {
                         TargetRef::Layer(n) => layers_done.contains_key(n),
                         TargetRef::Image(n) => images_done.contains_key(n),
+                        TargetRef::Pull(_) => pulls_done.contains(&d),
                     })
                 });
                 let Some(i) = ready else { break };
@@ -333,6 +390,7 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
                 let tx = tx.clone();
                 running += 1;
                 match &target {
+                    TargetRef::Pull(_) => unreachable!("pull targets are not pending"),
                     TargetRef::Layer(name) => {
                         let job = planned.remove(name.as_str()).expect("planned above");
                         let (store, cache, stat) = (&store, &cache, &stat);
@@ -345,7 +403,9 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
                     TargetRef::Image(name) => {
                         let img = &project.images[name];
                         let base = match &img.base {
-                            BaseRef::Fixed(_) => fixed_bases.remove(name).expect("loaded above"),
+                            BaseRef::Fixed(_) | BaseRef::Pull(_) => {
+                                fixed_bases.remove(name).expect("loaded above")
+                            }
                             BaseRef::Image(parent) => {
                                 let (p, d) = &images_done[parent];
                                 Image::on_top_of(p, d.clone())
@@ -360,10 +420,11 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
                             })
                             .collect();
                         let (store, stat, created, git_info) = (&store, &stat, &created, &git_info);
+                        let registry = registry.as_ref();
                         scope.spawn(move || {
                             let r = run_image(
-                                ctx, store, stat, img, base, &layers, created, epoch, git_info,
-                                started,
+                                ctx, store, stat, registry, img, base, &layers, created, epoch,
+                                git_info, started,
                             );
                             let _ = tx.send((TargetRef::Image(img.name.clone()), r));
                         });
@@ -402,7 +463,9 @@ pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
                         outcome.output
                     ));
                     report.images.push(outcome);
-                    images_done.insert(target.name().to_owned(), *image);
+                    let (image, digest, built) = *image;
+                    report.built.insert(target.name().to_owned(), built);
+                    images_done.insert(target.name().to_owned(), (image, digest));
                 }
                 Err(e) => {
                     if failure.is_none() {
@@ -436,38 +499,6 @@ fn millis(since: Instant) -> u64 {
 
 fn image_platform(img: &ImageTarget) -> Platform {
     img.platform.clone().unwrap_or_else(Platform::host)
-}
-
-/// Maps `f` over `items` on up to `jobs` threads, keeping the order; the first error wins.
-fn parallel_map<T: Sync, R: Send>(
-    jobs: usize,
-    items: &[T],
-    f: impl Fn(&T) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Result<R>>>> = items.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1).min(items.len()) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= items.len() {
-                        break;
-                    }
-                    let r = f(&items[i]);
-                    *results[i].lock().expect("no panics while holding it") = Some(r);
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .expect("no panics while holding it")
-                .expect("every item ran")
-        })
-        .collect()
 }
 
 fn run_layer(
@@ -542,6 +573,7 @@ fn run_image(
     ctx: &Context,
     store: &Store,
     stat: &Mutex<StatCache>,
+    registry: Option<&gantry_registry::Client>,
     target: &ImageTarget,
     mut image: Image,
     layers: &[(String, LayerInfo, bool)],
@@ -569,14 +601,26 @@ fn run_image(
     }
     edits.apply(&mut image.config)?;
     let built = image.build(created)?;
-    let up_to_date = layout_holds(&target.output, &built, &target.layout_tag, stat);
+    let fetcher = registry.map(|client| crate::registry::Fetcher { client });
+    let remote = match &fetcher {
+        Some(f) if !target.shallow => RemoteBlobs::Fetch(f),
+        _ => RemoteBlobs::Omit,
+    };
+    let up_to_date = layout_holds(
+        &target.output,
+        &built,
+        &target.layout_tag,
+        store,
+        remote,
+        stat,
+    );
     if !up_to_date {
         if let Some(parent) = target.output.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         built
-            .write_layout(store, &target.output, Some(&target.layout_tag))
+            .write_layout(store, &target.output, Some(&target.layout_tag), remote)
             .with_context(|| format!("cannot write {}", target.output.display()))?;
     }
     store.put_bytes(&built.config_bytes)?;
@@ -611,8 +655,8 @@ fn run_image(
         started_ms,
         finished_ms: millis(build_started),
     };
-    let digest = built.manifest.digest;
-    Ok(Finished::Image(Box::new((image, digest)), outcome))
+    let digest = built.manifest.digest.clone();
+    Ok(Finished::Image(Box::new((image, digest, built)), outcome))
 }
 
 /// The OCI auto labels of an image (Yocto's OCI_IMAGE_AUTO_LABELS).
@@ -663,9 +707,17 @@ fn auto_labels(
     Ok(out)
 }
 
-/// Whether the layout at `dir` already holds exactly this image under `tag`, every blob intact
-/// (checked through the stat cache: untouched blobs are not rehashed).
-fn layout_holds(dir: &Path, built: &Built, tag: &str, stat: &Mutex<StatCache>) -> bool {
+/// Whether the layout at `dir` already holds exactly this image under `tag`, with every blob it
+/// should hold (a shallow layout leaves out registry-only base layers) intact: checked through
+/// the stat cache, so untouched blobs are not rehashed.
+fn layout_holds(
+    dir: &Path,
+    built: &Built,
+    tag: &str,
+    store: &Store,
+    remote: RemoteBlobs<'_>,
+    stat: &Mutex<StatCache>,
+) -> bool {
     let Ok(layout) = Layout::open(dir) else {
         return false;
     };
@@ -677,13 +729,73 @@ fn layout_holds(dir: &Path, built: &Built, tag: &str, stat: &Mutex<StatCache>) -
             .get(annotations::REF_NAME)
             .map(String::as_str)
             == Some(tag);
-    same && std::iter::once(&built.manifest.digest)
-        .chain(std::iter::once(&built.config.digest))
-        .chain(built.layers.iter().map(|l| &l.descriptor.digest))
-        .all(|d| {
-            stat.lock()
-                .is_ok_and(|mut s| s.verify(&layout.blob_path(d), d).unwrap_or(false))
-        })
+    let intact = |d: &Digest| {
+        stat.lock()
+            .is_ok_and(|mut s| s.verify(&layout.blob_path(d), d).unwrap_or(false))
+    };
+    same && intact(&built.manifest.digest)
+        && intact(&built.config.digest)
+        && built
+            .layers
+            .iter()
+            .filter(|l| built.layout_holds_layer(store, l, remote))
+            .all(|l| intact(&l.descriptor.digest))
+}
+
+/// Resolves a pull target (`NAME` or `NAME#variant`) to an image whose layers stay in the
+/// registry. The platform is the image's, else the pull target's, else the project's, else
+/// this machine's.
+fn pull_base(
+    project: &Project,
+    client: &gantry_registry::Client,
+    store: &Store,
+    reference: &str,
+    image_platform: Option<&Platform>,
+    allow_unpinned: bool,
+) -> Result<Image> {
+    let (pull, pin) = project
+        .pin(reference)
+        .with_context(|| format!("no pull target {reference:?}"))?;
+    let at = format!(
+        "{}:{}:{}: pull.{}",
+        project.file.display(),
+        pull.at.line,
+        pull.at.column,
+        pull.name
+    );
+    let target = match pin {
+        Pin::Digest(d) => pull.repository.with_digest(d),
+        Pin::Unpinned(tag) if allow_unpinned => pull.repository.with_tag(&tag)?,
+        Pin::Unpinned(tag) => bail!(
+            "{at}: the tag {tag:?} is not pinned in {}; run `gantry lock` (or build with \
+             --allow-unpinned, which is not reproducible)",
+            project.lock.path.display()
+        ),
+    };
+    let shown = match &pull.source {
+        gantry_project::PullSource::Tag(t) | gantry_project::PullSource::Digest(_, Some(t)) => {
+            format!("{}:{t}", pull.repository)
+        }
+        _ => target.to_string(),
+    };
+    let platform = image_platform
+        .or(pull.platform.as_ref())
+        .or(project.settings.platform.as_ref())
+        .cloned()
+        .unwrap_or_else(Platform::host);
+    let remote = crate::registry::resolve(client, store, &target, &platform, pull.anonymous, &at)?;
+    let mut image = Image::from_manifest(
+        &at,
+        &remote.manifest,
+        &remote.config_bytes,
+        BlobSource::Registry {
+            registry: target.registry().to_owned(),
+            repository: target.repository().to_owned(),
+        },
+        remote.manifest_descriptor.digest.clone(),
+    )?;
+    image.set_base_name(&shown);
+    Ok(image)
 }
 
 /// What `gantry clean` removed.

@@ -41,6 +41,19 @@ pub struct Context {
     pub cwd: PathBuf,
     /// Progress and warnings.
     pub reporter: Arc<dyn Reporter>,
+    /// Registry options from the command line.
+    pub registry: RegistryOptions,
+}
+
+/// Registry options from the command line (a project's settings add to them).
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Hosts that may be reached over plain HTTP or unverified TLS.
+    pub insecure: Vec<String>,
+    /// Extra CA files per host.
+    pub ca_files: Vec<(String, PathBuf)>,
+    /// The credentials file.
+    pub auth_file: Option<PathBuf>,
 }
 
 /// `$XDG_CACHE_HOME/gantry`, else `~/.cache/gantry`.
@@ -82,6 +95,7 @@ impl Context {
             source_date_epoch_from_env: from_env.is_some(),
             cwd,
             reporter,
+            registry: RegistryOptions::default(),
         })
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use gantry_cli::ImageArgs;
-use gantry_image::{Base, BlobSource, ConfigEdits, Image, ImageMetadata, parse_env};
+use gantry_image::{Base, BlobSource, ConfigEdits, Image, ImageMetadata, RemoteBlobs, parse_env};
 use gantry_layer::LayerInfo;
 use gantry_oci::Platform;
 
@@ -151,7 +151,7 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
 
     let built = image.build(&created)?;
     built
-        .write_layout(&store, &output, Some(&args.tag))
+        .write_layout(&store, &output, Some(&args.tag), RemoteBlobs::Omit)
         .with_context(|| format!("cannot write the layout {}", output.display()))?;
     // Manifest and config go into the store too, so that the output ref roots the layers. Only
     // now: a layout that cannot be written (a corrupt base blob, an output in the way) leaves

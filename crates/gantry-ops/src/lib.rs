@@ -33,10 +33,15 @@ mod context;
 pub mod image;
 pub mod inspect;
 pub mod layer;
+pub mod lock;
+pub mod login;
 pub mod ls;
 pub mod maintenance;
+pub mod push;
+pub mod registry;
 mod target;
+pub mod transfer;
 mod util;
 
-pub use context::{Context, NoReporter, Reporter, default_home};
+pub use context::{Context, NoReporter, RegistryOptions, Reporter, default_home};
 pub use target::Target;

@@ -4,6 +4,39 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
+/// Maps `f` over `items` on up to `jobs` threads, keeping the order; the first error wins.
+pub(crate) fn parallel_map<T: Sync, R: Send>(
+    jobs: usize,
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    use std::sync::Mutex;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<R>>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1).min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= items.len() {
+                        break;
+                    }
+                    let r = f(&items[i]);
+                    *results[i].lock().expect("no panics while holding it") = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("no panics while holding it")
+                .expect("every item ran")
+        })
+        .collect()
+}
+
 /// Splits `KEY=VALUE` for `flag`; the key must be non-empty.
 pub(crate) fn split_pair<'a>(flag: &str, item: &'a str) -> Result<(&'a str, &'a str)> {
     match item.split_once('=') {

@@ -63,7 +63,24 @@ fn init_logging(verbose: u8, quiet: bool) {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let show_progress = !cli.global.quiet && std::io::stderr().is_terminal();
     let reporter = Arc::new(progress::Bars::new(show_progress, cli.global.quiet));
-    let ctx = Context::new(cli.global.home, cli.global.jobs, reporter)?;
+    let mut ctx = Context::new(cli.global.home, cli.global.jobs, reporter)?;
+    ctx.registry = gantry_ops::RegistryOptions {
+        insecure: cli.global.insecure_registries.clone(),
+        ca_files: cli
+            .global
+            .registry_ca
+            .iter()
+            .map(|s| match s.split_once('=') {
+                Some((h, f)) if !h.is_empty() && !f.is_empty() => {
+                    Ok((h.to_owned(), ctx.abs(f.as_ref())))
+                }
+                _ => Err(anyhow::anyhow!(
+                    "--registry-ca {s:?}: expected HOST=PEM_FILE"
+                )),
+            })
+            .collect::<anyhow::Result<_>>()?,
+        auth_file: cli.global.authfile.as_ref().map(|p| ctx.abs(p)),
+    };
     match &cli.command {
         Command::Layer(args) => {
             let r = gantry_ops::layer::run(&ctx, args)?;
@@ -91,6 +108,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !cli.global.quiet {
                 for p in &r.removed {
                     eprintln!("removed {}", p.display());
+                }
+            }
+        }
+        Command::Lock(args) => {
+            let r = gantry_ops::lock::run(&ctx, args)?;
+            print::lock(&r, cli.global.quiet)?;
+        }
+        Command::Push(args) => {
+            let r = gantry_ops::push::run(&ctx, args)?;
+            print::push(&r, args.json)?;
+        }
+        Command::Copy(args) => {
+            let to = gantry_ops::transfer::copy(&ctx, args)?;
+            if !cli.global.quiet {
+                eprintln!("copied {} to {to}", args.source);
+            }
+        }
+        Command::Export(args) => {
+            let to = gantry_ops::transfer::export(&ctx, args)?;
+            if !cli.global.quiet {
+                eprintln!("exported {} to {to}", args.image);
+            }
+        }
+        Command::Pull(args) => {
+            let to = gantry_ops::transfer::pull(&ctx, args)?;
+            println!("{to}");
+        }
+        Command::Login(args) => {
+            let file = gantry_ops::login::login(&ctx, args, &mut std::io::stdin().lock())?;
+            if !cli.global.quiet {
+                eprintln!(
+                    "logged in to {} (credentials in {})",
+                    args.registry,
+                    file.display()
+                );
+            }
+        }
+        Command::Logout(args) => {
+            let (file, removed) = gantry_ops::login::logout(&ctx, args)?;
+            if !cli.global.quiet {
+                if removed {
+                    eprintln!(
+                        "removed the credentials for {} from {}",
+                        args.registry,
+                        file.display()
+                    );
+                } else {
+                    eprintln!("no credentials for {} in {}", args.registry, file.display());
                 }
             }
         }

@@ -7,8 +7,10 @@ use gantry_ops::build::BuildReport;
 use gantry_ops::image::ImageResult;
 use gantry_ops::inspect::{ImageReport, InspectReport, LayerReport};
 use gantry_ops::layer::LayerResult;
+use gantry_ops::lock::{LockChange, LockReport};
 use gantry_ops::ls::LsRow;
 use gantry_ops::maintenance::GcResult;
+use gantry_ops::push::PushReport;
 use gantry_store::FsckReport;
 
 fn human_bytes(n: u64) -> String {
@@ -327,6 +329,38 @@ pub(crate) fn build(r: &BuildReport, json: bool, quiet: bool) -> Result<()> {
             r.cache.stat_misses,
             r.duration_ms as f64 / 1000.0
         );
+    }
+    Ok(())
+}
+
+pub(crate) fn lock(r: &LockReport, quiet: bool) -> Result<()> {
+    let mut out = io::stdout().lock();
+    for e in &r.entries {
+        let what = match &e.change {
+            LockChange::Added => "pinned".to_owned(),
+            LockChange::Updated { from } => format!("moved from {}", from.short()),
+            LockChange::Unchanged => "unchanged".to_owned(),
+        };
+        writeln!(out, "{} {}@{} ({what})", e.name, e.reference, e.digest)?;
+    }
+    if !quiet {
+        for n in &r.removed {
+            eprintln!("dropped the pin of {n} (no longer a tagged pull target)");
+        }
+        eprintln!("wrote {}", r.file);
+    }
+    Ok(())
+}
+
+pub(crate) fn push(r: &PushReport, json: bool) -> Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for p in &r.pushed {
+        writeln!(out, "{}", p.pushed)?;
     }
     Ok(())
 }

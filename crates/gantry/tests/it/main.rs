@@ -9,6 +9,9 @@ mod golden;
 mod interop;
 mod layout_base;
 mod project;
+mod registry;
+mod registry_auth;
+mod registry_faults;
 mod reproducibility;
 mod store;
 

@@ -1,0 +1,201 @@
+//! The registry side of commands: a client configured from the command line and the project,
+//! shallow resolution of images in registries (manifest and config only, cached in the store by
+//! digest, so rebuilds need no network), and fetching layer blobs when a sink needs them.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use gantry_image::{BlobSource, FetchBlob, LayerRef};
+use gantry_oci::{Descriptor, Digest, Document, ImageManifest, Platform, Reference, json};
+use gantry_project::Project;
+use gantry_registry::{AuthFiles, Client, RegistryConfig, Repo};
+use gantry_store::Store;
+
+use crate::Context;
+
+/// Nested indexes are followed this deep at most.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// A registry client for the command line's options and, if given, a project's settings.
+pub fn client(ctx: &Context, project: Option<&Project>) -> Result<Client> {
+    let mut config = RegistryConfig::default();
+    config
+        .insecure
+        .extend(ctx.registry.insecure.iter().cloned());
+    config.auth_file.clone_from(&ctx.registry.auth_file);
+    for (host, file) in &ctx.registry.ca_files {
+        config
+            .ca_files
+            .entry(host.clone())
+            .or_default()
+            .push(file.clone());
+    }
+    if let Some(p) = project {
+        config
+            .insecure
+            .extend(p.settings.insecure_registries.iter().cloned());
+        for (host, file) in &p.settings.registry_ca {
+            config
+                .ca_files
+                .entry(host.clone())
+                .or_default()
+                .push(file.clone());
+        }
+    }
+    let credentials = Arc::new(AuthFiles::new(config.auth_file.clone()));
+    Ok(Client::new(config, credentials)?)
+}
+
+/// An image in a registry, resolved to one platform's manifest.
+#[derive(Debug, Clone)]
+pub struct RemoteImage {
+    /// Where it is.
+    pub reference: Reference,
+    /// The manifest's descriptor (the platform's manifest, not the index).
+    pub manifest_descriptor: Descriptor,
+    /// The manifest's bytes.
+    pub manifest_bytes: Vec<u8>,
+    /// The parsed manifest.
+    pub manifest: ImageManifest,
+    /// The config's bytes.
+    pub config_bytes: Vec<u8>,
+}
+
+/// A manifest or index by digest: from the store if it is there, else from the registry (then
+/// kept in the store). Returns the bytes and their media type.
+fn manifest_by_digest(
+    repo: &Repo,
+    store: &Store,
+    digest: &Digest,
+    media_type: Option<&str>,
+) -> Result<(Vec<u8>, Option<String>)> {
+    if store.has(digest) {
+        return Ok((
+            store.read_blob(digest, json::MAX_MANIFEST_SIZE)?,
+            media_type.map(str::to_owned),
+        ));
+    }
+    let m = repo.get_manifest(&digest.to_string())?;
+    store.put_bytes(&m.bytes)?;
+    Ok((m.bytes, Some(m.media_type)))
+}
+
+/// Resolves `reference` (a tag or digest) in its registry to the manifest of `platform` and
+/// its config, reading no layer. `what` names it in errors.
+pub fn resolve(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+    anonymous: bool,
+    what: &str,
+) -> Result<RemoteImage> {
+    let repo = client.repo(reference.registry(), reference.repository(), anonymous);
+    let (mut bytes, mut media_type, mut digest) = match reference.digest() {
+        Some(d) => {
+            let (b, m) = manifest_by_digest(&repo, store, d, None)?;
+            (b, m, d.clone())
+        }
+        None => {
+            let tag = reference.tag_or_latest().expect("no digest, so a tag");
+            let m = repo.get_manifest(tag)?;
+            store.put_bytes(&m.bytes)?;
+            (m.bytes, Some(m.media_type), m.digest)
+        }
+    };
+    for _ in 0..=MAX_INDEX_DEPTH {
+        let doc = gantry_oci::parse_document(&bytes, media_type.as_deref(), what)?;
+        match doc {
+            Document::Manifest(manifest) => {
+                let mt = doc_media_type(&manifest, media_type.as_deref());
+                let manifest_descriptor = Descriptor::new(mt, digest, bytes.len() as u64);
+                let config_bytes = config_blob(&repo, store, &manifest.config, what)?;
+                return Ok(RemoteImage {
+                    reference: reference.clone(),
+                    manifest_descriptor,
+                    manifest_bytes: bytes,
+                    manifest,
+                    config_bytes,
+                });
+            }
+            Document::Index(index) => {
+                let entry = index
+                    .select_platform(platform)
+                    .map_err(|e| anyhow!("{what}: {e}"))?
+                    .clone();
+                let (b, m) =
+                    manifest_by_digest(&repo, store, &entry.digest, Some(&entry.media_type))?;
+                if b.len() as u64 != entry.size {
+                    bail!(
+                        "{what}: manifest {} is not the size its index says",
+                        entry.digest
+                    );
+                }
+                bytes = b;
+                media_type = m.or(Some(entry.media_type));
+                digest = entry.digest;
+            }
+        }
+    }
+    bail!("{what}: indexes are nested more than {MAX_INDEX_DEPTH} levels deep")
+}
+
+fn doc_media_type(m: &ImageManifest, declared: Option<&str>) -> String {
+    m.media_type
+        .clone()
+        .or_else(|| declared.map(str::to_owned))
+        .unwrap_or_else(|| gantry_oci::media_types::OCI_MANIFEST.to_owned())
+}
+
+/// The config blob: from the store, or fetched (capped, verified) into it.
+fn config_blob(repo: &Repo, store: &Store, desc: &Descriptor, what: &str) -> Result<Vec<u8>> {
+    if desc.size > json::MAX_CONFIG_SIZE {
+        bail!(
+            "{what}: its config is {} bytes, over the {} limit",
+            desc.size,
+            json::MAX_CONFIG_SIZE
+        );
+    }
+    if !store.has(&desc.digest) {
+        let reader = repo.get_blob(desc)?;
+        store
+            .import(reader, (&desc.digest, desc.size), what)
+            .with_context(|| format!("{what}: cannot fetch its config"))?;
+    }
+    Ok(store.read_blob(&desc.digest, json::MAX_CONFIG_SIZE)?)
+}
+
+/// Fetches registry blobs into the store for sinks that need their bytes.
+pub struct Fetcher<'a> {
+    /// The client.
+    pub client: &'a Client,
+}
+
+impl FetchBlob for Fetcher<'_> {
+    fn fetch_into_store(&self, store: &Store, layer: &LayerRef) -> Result<(), gantry_image::Error> {
+        let BlobSource::Registry {
+            registry,
+            repository,
+        } = &layer.source
+        else {
+            return Ok(());
+        };
+        if store.has(&layer.descriptor.digest) {
+            return Ok(());
+        }
+        let what = format!("{registry}/{repository}@{}", layer.descriptor.digest);
+        let repo = self.client.repo(registry, repository, false);
+        let reader = repo
+            .get_blob(&layer.descriptor)
+            .map_err(|e| gantry_image::Error::Fetch {
+                what: what.clone(),
+                reason: e.to_string(),
+            })?;
+        store.import(
+            reader,
+            (&layer.descriptor.digest, layer.descriptor.size),
+            &what,
+        )?;
+        Ok(())
+    }
+}
