@@ -181,17 +181,41 @@ impl SourceImage {
         let config_bytes = layout.read_blob_verified(&r.manifest.config, json::MAX_CONFIG_SIZE)?;
         store.put_bytes(&config_bytes)?;
         let layout = Arc::new(layout);
+        // A shallow layout (what `gantry build` writes on a registry base) leaves out the base's
+        // layers; its `base.name` annotation says which repository holds them.
+        let base = r
+            .manifest
+            .annotations
+            .get(annotations::BASE_NAME)
+            .and_then(|n| Reference::parse(n).ok());
+        let layers = r
+            .manifest
+            .layers
+            .iter()
+            .map(|d| {
+                let from = match &base {
+                    Some(b) if !layout.has_blob(&d.digest) && !store.has(&d.digest) => {
+                        tracing::debug!(
+                            "{} is not in {}: its source is the base {b}",
+                            d.digest,
+                            layout.describe()
+                        );
+                        BlobFrom::Registry {
+                            registry: b.registry().to_owned(),
+                            repository: b.repository().to_owned(),
+                        }
+                    }
+                    _ => BlobFrom::Layout(Arc::clone(&layout)),
+                };
+                (d.clone(), from)
+            })
+            .collect();
         Ok(SourceImage {
             manifest_bytes: r.manifest_bytes,
             media_type: r.manifest_descriptor.media_type.clone(),
             digest: r.manifest_descriptor.digest.clone(),
             config: r.manifest.config.clone(),
-            layers: r
-                .manifest
-                .layers
-                .iter()
-                .map(|d| (d.clone(), BlobFrom::Layout(Arc::clone(&layout))))
-                .collect(),
+            layers,
             platform: r.manifest_descriptor.platform.clone(),
         })
     }

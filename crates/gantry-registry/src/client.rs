@@ -667,6 +667,10 @@ impl Client {
                         std::thread::sleep(backoff(attempt - 1, self.retry_base()));
                         continue;
                     }
+                    let detail = match tls_hint(&detail, url) {
+                        Some(hint) => format!("{detail} ({hint})"),
+                        None => detail,
+                    };
                     return Err(Error::Http {
                         method: method.to_string(),
                         url: shown,
@@ -850,12 +854,42 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     scrub_urls(&s)
 }
 
+/// What to do about a TLS failure: a plain-HTTP server answering a TLS handshake, or a
+/// certificate from an unknown authority.
+fn tls_hint(detail: &str, url: &Url) -> Option<String> {
+    if url.scheme() != "https" {
+        return None;
+    }
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => return None,
+    };
+    let text = detail.to_ascii_lowercase();
+    if text.contains("invalidcontenttype") || text.contains("corrupt message") {
+        Some(format!(
+            "{host} does not speak TLS; if it is a plain-HTTP registry, mark it insecure with \
+             --insecure-registry {host} or settings.insecure-registries"
+        ))
+    } else if text.contains("certificate") {
+        Some(format!(
+            "to trust a private CA, give it with --registry-ca {host}=FILE, settings.registry-ca \
+             or /etc/containers/certs.d/{host}/ca.crt"
+        ))
+    } else {
+        None
+    }
+}
+
 fn transient(e: &reqwest::Error) -> bool {
     if e.is_redirect() || e.is_builder() || e.is_status() || e.is_decode() {
         return false;
     }
     let text = chain(e).to_ascii_lowercase();
-    if text.contains("certificate") || text.contains("handshake") {
+    if text.contains("certificate")
+        || text.contains("handshake")
+        || text.contains("corrupt message")
+    {
         return false;
     }
     e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()

@@ -170,6 +170,7 @@ fn no_plain_http_fallback_for_secure_registries() {
         .ping(&reg.host())
         .unwrap_err();
     assert!(matches!(e, Error::Http { .. }), "{e:?}");
+    assert!(e.to_string().contains("--insecure-registry"), "{e}");
     std::thread::sleep(Duration::from_millis(200));
     let after = reg.log();
     assert!(

@@ -101,6 +101,11 @@ pub trait LayoutSource: fmt::Debug + Send + Sync {
     /// [`Error::LayoutBlobNotFound`] if there is no such blob.
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>>;
 
+    /// Whether the layout holds the blob (a shallow layout leaves out its base's layers).
+    fn has_blob(&self, digest: &Digest) -> bool {
+        self.open_blob(digest).is_ok()
+    }
+
     /// The layout in messages: `layout DIR`, `oci-archive FILE`.
     fn describe(&self) -> String;
 
@@ -142,6 +147,10 @@ impl LayoutSource for DirSource {
             }),
             Err(e) => Err(Error::io("open", &path, e)),
         }
+    }
+
+    fn has_blob(&self, digest: &Digest) -> bool {
+        self.dir.join(digest.blob_path()).is_file()
     }
 
     fn describe(&self) -> String {
@@ -246,6 +255,11 @@ impl Layout {
     /// for both.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.source.path().join(digest.blob_path())
+    }
+
+    /// Whether the layout holds the blob.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.source.has_blob(digest)
     }
 
     /// Opens a blob for streaming. The reader fails with an `InvalidData` error (wrapping a

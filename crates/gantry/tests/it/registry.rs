@@ -296,6 +296,29 @@ fn shallow_builds_fetch_manifest_and_config_only_then_mount_or_stream() {
         json(&inspect.stdout)["Digest"],
         pushed["pushed"][0]["digest"]
     );
+    // The shallow layout stands on its own: its base.name annotation names the repository of
+    // the missing layers, so another process can push it (mounting them) or copy it (fetching).
+    let elsewhere = t.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let layout = format!("oci:{}", t.path("gantry-out/app").display());
+    let o = t
+        .gantry()
+        .current_dir(&elsewhere)
+        .args([
+            "--insecure-registry",
+            &reg.host(),
+            "push",
+            &layout,
+            &format!("{}/team/copy:v1", reg.host()),
+        ])
+        .ok();
+    assert!(o.stderr.contains("2 mounted"), "{}", o.stderr);
+    let o = t
+        .gantry()
+        .current_dir(&elsewhere)
+        .args(["copy", &layout, "oci:plain"])
+        .fails();
+    assert_mentions(&o.stderr, &[&reg.host(), "--insecure-registry"]);
     // A full export fetches them.
     g(
         &t,
