@@ -293,6 +293,28 @@ pub fn open_source(
 /// registry straight into the writer (not stored).
 fn fill(w: &mut dyn ImageWriter, store: &Store, client: &Client, img: &SourceImage) -> Result<()> {
     w.add_blob_from_store(store, &img.config.digest)?;
+    // Registry layers are fetched first, concurrently and verified, into the store (where a
+    // later build on the same base finds them); the writer then links or copies them from there.
+    let fetch: Vec<_> = img
+        .layers
+        .iter()
+        .filter(|(desc, from)| {
+            matches!(from, BlobFrom::Registry { .. }) && !store.has(&desc.digest)
+        })
+        .collect();
+    crate::util::parallel_map(crate::push::PARALLEL_TRANSFERS, &fetch, |(desc, from)| {
+        let BlobFrom::Registry {
+            registry,
+            repository,
+        } = from
+        else {
+            return Ok(());
+        };
+        let what = format!("{registry}/{repository}@{}", desc.digest);
+        let reader = client.repo(registry, repository, false).get_blob(desc)?;
+        store.import(reader, (&desc.digest, desc.size), &what)?;
+        Ok(())
+    })?;
     for (desc, from) in &img.layers {
         match from {
             _ if store.has(&desc.digest) => w.add_blob_from_store(store, &desc.digest)?,
@@ -301,13 +323,7 @@ fn fill(w: &mut dyn ImageWriter, store: &Store, client: &Client, img: &SourceIma
             BlobFrom::DockerArchive(a) => {
                 w.add_blob_from_reader(&mut a.open_blob_verified(desc)?, desc)?
             }
-            BlobFrom::Registry {
-                registry,
-                repository,
-            } => {
-                let mut reader = client.repo(registry, repository, false).get_blob(desc)?;
-                w.add_blob_from_reader(&mut reader, desc)?;
-            }
+            BlobFrom::Registry { .. } => bail!("blob {} was not fetched", desc.digest),
         }
     }
     w.add_blob_bytes(&img.manifest_bytes)?;

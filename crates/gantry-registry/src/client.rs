@@ -116,7 +116,8 @@ impl Access {
 /// A request body.
 pub(crate) enum ReqBody {
     Empty,
-    Bytes(Vec<u8>),
+    /// Bytes that can be sent again (cloning them is cheap).
+    Bytes(bytes::Bytes),
     /// A stream that can be sent once, of a known length.
     Stream(Option<Box<dyn Read + Send>>, u64),
 }

@@ -54,6 +54,8 @@ pub use credentials::{
 };
 pub use error::{Error, Result};
 pub use redact::redact_url;
-pub use repo::{ACCEPT_MANIFESTS, MONOLITHIC_UPLOAD_MAX, Manifest, Repo};
+pub use repo::{
+    ACCEPT_MANIFESTS, MONOLITHIC_UPLOAD_MAX, Manifest, Repo, UPLOAD_CHUNK, UPLOAD_CHUNK_MAX,
+};
 pub use retry::{MAX_DELAY, parse_retry_after};
 pub use secret::{Credentials, Secret};

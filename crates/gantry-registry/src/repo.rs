@@ -24,9 +24,22 @@ pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, 
      application/vnd.docker.distribution.manifest.v2+json, \
      application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// Blobs up to this size are uploaded with one `PUT`; larger ones with one streamed `PATCH`
-/// and a closing `PUT`.
+/// Blobs up to this size are uploaded with one `PUT`; larger ones in chunks of
+/// [`UPLOAD_CHUNK`] bytes, one `PATCH` each, and a closing `PUT`.
 pub const MONOLITHIC_UPLOAD_MAX: u64 = 8 << 20;
+
+/// The size of one `PATCH` of a chunked upload (unless the registry asks for larger chunks
+/// with `OCI-Chunk-Min-Length`, up to [`UPLOAD_CHUNK_MAX`]). Chunks, rather than one streamed
+/// `PATCH`, because the blocking HTTP client reads a streamed body 8 KiB at a time and hands
+/// each piece to another thread: a 700 MB push then spent more CPU in 85 000 writes and
+/// 190 000 futex calls than the registry spent storing the bytes. A chunk held in memory goes
+/// out in a few large writes, can be sent again after a 401, and bounds memory to one chunk
+/// per concurrent upload.
+pub const UPLOAD_CHUNK: u64 = 16 << 20;
+
+/// The largest chunk gantry agrees to hold in memory; a registry demanding more gets one
+/// streamed `PATCH`.
+pub const UPLOAD_CHUNK_MAX: u64 = 128 << 20;
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 const MAX_TAG_PAGES: usize = 1000;
@@ -313,7 +326,7 @@ impl Repo {
         }
         let mut req = Req::new(Method::PUT, url, Access::Push(self.repository.clone()))
             .header(header::CONTENT_TYPE, media_type);
-        req.body = ReqBody::Bytes(bytes.to_vec());
+        req.body = ReqBody::Bytes(bytes::Bytes::copy_from_slice(bytes));
         let resp = self.client.execute(&host, req)?;
         if !resp.status().is_success() {
             return Err(status_error(&Method::PUT, resp, 1));
@@ -439,8 +452,9 @@ impl Repo {
 
     /// Uploads a blob from `body`, which must yield exactly `desc.size` bytes. Blobs up to
     /// [`MONOLITHIC_UPLOAD_MAX`] are read into memory and sent with one `PUT` (a failed session
-    /// is restarted, up to the retry count); larger ones are streamed once with `PATCH`, so a
-    /// failure after the stream started is an error (see [`Repo::upload_blob_reopen`]).
+    /// is restarted, up to the retry count); larger ones are read and sent one chunk at a time
+    /// (see [`UPLOAD_CHUNK`]), so a failure after the first chunk is an error (see
+    /// [`Repo::upload_blob_reopen`]).
     pub fn upload_blob(&self, desc: &Descriptor, body: impl Read + Send + 'static) -> Result<()> {
         if desc.size <= MONOLITHIC_UPLOAD_MAX {
             let mut buf = Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0));
@@ -449,6 +463,7 @@ impl Repo {
                 .map_err(|e| self.upload_error(desc, format!("cannot read the blob: {e}")))?;
             self.check_source(desc, &buf)?;
             let sessions = self.client.retries() + 1;
+            let buf = bytes::Bytes::from(buf);
             return self
                 .upload_sessions(desc, sessions, &mut || Ok(UploadBody::Bytes(buf.clone())));
         }
@@ -474,6 +489,7 @@ impl Repo {
                 .and_then(|r| r.take(desc.size + 1).read_to_end(&mut buf))
                 .map_err(|e| self.upload_error(desc, format!("cannot read the blob: {e}")))?;
             self.check_source(desc, &buf)?;
+            let buf = bytes::Bytes::from(buf);
             return self
                 .upload_sessions(desc, sessions, &mut || Ok(UploadBody::Bytes(buf.clone())));
         }
@@ -568,6 +584,7 @@ impl Repo {
             return Err(status_error(&Method::POST, resp, 1));
         }
         let location = self.location(&host, &resp, &what)?;
+        let chunk_min = header_str(&resp, "oci-chunk-min-length");
         drop(resp);
         let body =
             source().map_err(|e| self.upload_error(desc, format!("cannot open the blob: {e}")))?;
@@ -581,23 +598,31 @@ impl Repo {
                 put
             }
             UploadBody::Stream(stream) => {
-                let mut patch = Req::new(Method::PATCH, location.clone(), access.clone())
-                    .header(header::CONTENT_TYPE, octets);
-                patch.body = ReqBody::Stream(Some(Box::new(stream.take(desc.size))), desc.size);
-                patch.timeout = Some(upload_timeout(self.client.read_timeout(), desc.size));
-                let resp = self.client.execute(&host, patch)?;
-                if resp.status() != StatusCode::ACCEPTED {
-                    return Err(status_error(&Method::PATCH, resp, 1));
-                }
-                let next = match header_str(&resp, header::LOCATION.as_str()) {
-                    Some(_) => self.location(&host, &resp, &what)?,
-                    None => location,
+                let chunk = chunk_size(chunk_min.as_deref());
+                let next = match chunk {
+                    Some(chunk) => {
+                        self.upload_chunks(&host, desc, location, stream, chunk, &what)?
+                    }
+                    None => {
+                        let mut patch = Req::new(Method::PATCH, location.clone(), access.clone())
+                            .header(header::CONTENT_TYPE, octets);
+                        patch.body =
+                            ReqBody::Stream(Some(Box::new(stream.take(desc.size))), desc.size);
+                        patch.timeout = Some(upload_timeout(self.client.read_timeout(), desc.size));
+                        let resp = self.client.execute(&host, patch)?;
+                        if resp.status() != StatusCode::ACCEPTED {
+                            return Err(status_error(&Method::PATCH, resp, 1));
+                        }
+                        match header_str(&resp, header::LOCATION.as_str()) {
+                            Some(_) => self.location(&host, &resp, &what)?,
+                            None => location,
+                        }
+                    }
                 };
-                drop(resp);
                 let mut put = Req::new(Method::PUT, with_digest(next, &desc.digest), access)
                     .header(header::CONTENT_TYPE, octets);
                 put.retry = false;
-                put.body = ReqBody::Bytes(Vec::new());
+                put.body = ReqBody::Bytes(bytes::Bytes::new());
                 put
             }
         };
@@ -607,6 +632,56 @@ impl Repo {
         }
         self.check_announced(&resp, &desc.digest, &what)?;
         Ok(())
+    }
+
+    /// Sends `desc.size` bytes of `stream` to the upload session at `location` in chunks of
+    /// `chunk` bytes, one `PATCH` each with its `Content-Range`, and returns the session's
+    /// last location for the closing `PUT`.
+    fn upload_chunks(
+        &self,
+        host: &Host,
+        desc: &Descriptor,
+        mut location: Url,
+        stream: Box<dyn Read + Send>,
+        chunk: u64,
+        what: &str,
+    ) -> Result<Url> {
+        let access = Access::Push(self.repository.clone());
+        let mut stream = stream.take(desc.size);
+        let mut offset = 0u64;
+        while offset < desc.size {
+            let len = chunk.min(desc.size - offset);
+            let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            (&mut stream)
+                .take(len)
+                .read_to_end(&mut buf)
+                .map_err(|e| self.upload_error(desc, format!("cannot read the blob: {e}")))?;
+            if buf.len() as u64 != len {
+                return Err(self.upload_error(
+                    desc,
+                    format!(
+                        "the source ended after {} bytes, the descriptor says {}",
+                        offset + buf.len() as u64,
+                        desc.size
+                    ),
+                ));
+            }
+            let range = format!("{}-{}", offset, offset + len - 1);
+            let mut patch = Req::new(Method::PATCH, location.clone(), access.clone())
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_RANGE, &range);
+            patch.body = ReqBody::Bytes(bytes::Bytes::from(buf));
+            patch.timeout = Some(upload_timeout(self.client.read_timeout(), len));
+            let resp = self.client.execute(host, patch)?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(status_error(&Method::PATCH, resp, 1));
+            }
+            if header_str(&resp, header::LOCATION.as_str()).is_some() {
+                location = self.location(host, &resp, what)?;
+            }
+            offset += len;
+        }
+        Ok(location)
     }
 
     /// Lists the repository's tags, following `Link` pagination.
@@ -652,14 +727,24 @@ impl Repo {
 }
 
 pub(crate) enum UploadBody {
-    Bytes(Vec<u8>),
+    Bytes(bytes::Bytes),
     Stream(Box<dyn Read + Send>),
 }
 
-/// A streamed upload may take this long: the read timeout plus one second per 32 KiB, so a
-/// stalled upload still ends.
+/// An upload (or one chunk of it) may take this long: the read timeout plus one second per
+/// 32 KiB, so a stalled upload still ends.
 fn upload_timeout(read_timeout: Duration, size: u64) -> Duration {
     read_timeout + Duration::from_secs(size / (32 << 10))
+}
+
+/// The chunk size of a streamed upload, given the registry's `OCI-Chunk-Min-Length`, or
+/// `None` for one streamed `PATCH` when the registry wants chunks larger than
+/// [`UPLOAD_CHUNK_MAX`].
+fn chunk_size(min_length: Option<&str>) -> Option<u64> {
+    let min = min_length
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    (min <= UPLOAD_CHUNK_MAX).then(|| min.max(UPLOAD_CHUNK))
 }
 
 fn with_digest(mut url: Url, digest: &Digest) -> Url {
@@ -785,6 +870,15 @@ mod tests {
         );
         assert_eq!(next_link(r#"</a>; rel="prev""#), None);
         assert_eq!(next_link("garbage"), None);
+    }
+
+    #[test]
+    fn chunk_sizes_follow_the_registry_minimum() {
+        assert_eq!(chunk_size(None), Some(UPLOAD_CHUNK));
+        assert_eq!(chunk_size(Some("junk")), Some(UPLOAD_CHUNK));
+        assert_eq!(chunk_size(Some("5242880")), Some(UPLOAD_CHUNK));
+        assert_eq!(chunk_size(Some("67108864")), Some(64 << 20));
+        assert_eq!(chunk_size(Some(&(UPLOAD_CHUNK_MAX + 1).to_string())), None);
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn plain_registry_roundtrip() {
     let t = Instant::now();
     roundtrip(&c, &reg.host());
     eprintln!("plain roundtrip: {:?}", t.elapsed());
-    // The 9 MiB blob went up as one streamed PATCH, the small ones with a single PUT.
+    // The 9 MiB blob went up as one PATCH (a single chunk), the small ones with a single PUT.
     let log = reg.log();
     assert_eq!(
         log.matches("\"PATCH /v2/test/app/blobs/uploads/").count(),
@@ -468,6 +468,64 @@ fn resumes_a_download_cut_mid_body() {
     p.proxy.fault(Some("GET"), &path, 10, Fault::CutAfter(0));
     let e = read_blob(&c.repo(&p.host(), "test/resume", false), &desc).unwrap_err();
     assert!(e.to_string().contains("broke at byte 1000"), "{e}");
+    p.proxy.clear_faults();
+}
+
+#[test]
+fn large_uploads_go_in_ranged_chunks_and_restart_whole() {
+    let p = Proxied::start(RegistryOptions::plain(), None);
+    let chunk = gantry_registry::UPLOAD_CHUNK;
+    let bytes = data((2 * chunk + 123) as usize, 11);
+    let desc = layer_desc(&bytes);
+    let repo = p.via.repo(&p.host(), "test/chunks", false);
+    repo.upload_blob(&desc, Cursor::new(bytes.clone())).unwrap();
+    assert_eq!(read_blob(&repo, &desc).unwrap(), bytes);
+    let patches: Vec<_> = p
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    let ranges: Vec<_> = patches
+        .iter()
+        .map(|r| {
+            (
+                r.header("content-range").unwrap_or("none").to_owned(),
+                r.header("content-length").unwrap_or("none").to_owned(),
+            )
+        })
+        .collect();
+    let c = chunk;
+    assert_eq!(
+        ranges,
+        [
+            (format!("0-{}", c - 1), c.to_string()),
+            (format!("{}-{}", c, 2 * c - 1), c.to_string()),
+            (format!("{}-{}", 2 * c, 2 * c + 122), "123".to_owned()),
+        ]
+    );
+
+    // A chunk refused mid-upload restarts the session from the first byte (the source is
+    // opened again) and the blob still arrives whole.
+    let bytes = data((chunk + 77) as usize, 12);
+    let desc = layer_desc(&bytes);
+    p.proxy.fault(
+        Some("PATCH"),
+        "/blobs/uploads/",
+        1,
+        Fault::Status {
+            code: 503,
+            retry_after: Some("0".to_owned()),
+        },
+    );
+    let mut opened = 0;
+    repo.upload_blob_reopen(&desc, || {
+        opened += 1;
+        Ok(Cursor::new(bytes.clone()))
+    })
+    .unwrap();
+    assert_eq!(opened, 2);
+    assert_eq!(read_blob(&repo, &desc).unwrap(), bytes);
     p.proxy.clear_faults();
 }
 

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub(crate) const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
 const BLOB_MODE: u32 = 0o444;
 /// Mode of `oci-layout` and `index.json`.
 const METADATA_MODE: u32 = 0o644;
+/// The write buffer of a blob copied into a layout.
+const COPY_BUFFER: usize = 1 << 20;
 
 /// The content of the `oci-layout` file.
 #[derive(Serialize, Deserialize)]
@@ -612,7 +614,12 @@ impl LayoutWriter {
             .mode(BLOB_MODE)
             .open(&path)
             .map_err(|e| Error::io("create", &path, e))?;
-        let copied = io::copy(&mut verified, &mut out).and_then(|_| out.sync_all());
+        // io::copy reads straight into a BufWriter's buffer: 1 MiB writes rather than 8 KiB.
+        let copied = {
+            let mut buffered = io::BufWriter::with_capacity(COPY_BUFFER, &mut out);
+            io::copy(&mut verified, &mut buffered).and_then(|_| buffered.flush())
+        }
+        .and_then(|_| out.sync_all());
         if let Err(e) = copied {
             let _ = fs::remove_file(&path);
             return Err(Error::copy(format!("{source} to {}", path.display()), e));
