@@ -7,13 +7,14 @@
 //! |---|---|
 //! | `gantry` | the binary: argument parsing, logging, progress bars, printing |
 //! | `gantry-cli` | clap definitions only |
-//! | `gantry-ops` | this crate: one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`]) |
+//! | `gantry-ops` | this crate: one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`]); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching) |
 //! | `gantry-project` | gantry.toml: schema, validation with file:line:column, the target graph |
 //! | `gantry-cache` | the action cache (key → outputs) and the stat cache (file → digest) |
 //! | `gantry-oci` | digests, descriptors, media types, references, manifests, configs, canonical JSON |
 //! | `gantry-layer` | layer specs and recipes, the tar writer, gzip/zstd, tar validation and listing |
-//! | `gantry-store` | the blob store under `$GANTRY_HOME`, OCI layouts, refs, gc, fsck |
+//! | `gantry-store` | the blob store under `$GANTRY_HOME`, OCI layouts, archives, refs, gc, fsck |
 //! | `gantry-image` | the lazy image model: bases, layer refs, config edits, manifest output |
+//! | `gantry-registry` | the distribution client: auth, credentials, manifests, blobs, uploads, mounts, retries |
 //!
 //! # Files on disk
 //!
@@ -24,6 +25,7 @@
 //! | `$GANTRY_HOME/cache-v1/<xx>/<key>.json` | `gantry_cache::ActionCache`: layer cache entries, written by [`build`] |
 //! | `$GANTRY_HOME/stat-v1/<scope>` | `gantry_cache::StatCache`: input digests by file state, one file per project |
 //! | `$GANTRY_HOME/tmp/s-*` | per-process temp dirs, cleaned by the next open |
+//! | `gantry.lock` (next to gantry.toml) | `gantry_project::Lock`: pinned tags, written by [`lock`] |
 //! | `$GANTRY_HOME/locks/*.lock` | cross-process locks |
 //! | layer info JSON (`gantry layer --info`) | `gantry_layer::LayerInfo` |
 //! | image metadata JSON (`gantry image --metadata`) | `gantry_image::ImageMetadata` |
