@@ -226,6 +226,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("podman", "podman"),
     ("git", "git"),
+    ("newuidmap", "uidmap"),
 ];
 
 /// The path of an external tool; panics (failing the test) with the package to install when
