@@ -111,6 +111,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A build step's filesystem that cannot be captured as a layer.
+    #[error("{what}: {reason}")]
+    Capture {
+        /// The output or the path in the image at fault (`output /out/app`).
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// Writing the layer failed.
     #[error("writing the layer failed: {0}")]
     Output(#[source] io::Error),

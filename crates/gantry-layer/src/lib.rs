@@ -7,9 +7,13 @@
 //! whose output goes to a sink the caller owns (normally a store blob writer that computes the
 //! digest and size). Memory stays bounded whatever the layer size.
 //!
+//! [`capture`] turns what a build step left behind (chosen output paths, an overlayfs upper
+//! directory, or two trees to compare) into a recipe, treating that filesystem as hostile.
+//!
 //! [`tarread`] holds the hostile-input side: validation of tar members, import of existing
 //! tars, and listing of a layer's files.
 
+pub mod capture;
 mod compress;
 mod error;
 mod fingerprint;
@@ -30,6 +34,7 @@ pub use compress::{Compressor, GZIP_BLOCK_SIZE};
 pub use error::Error;
 pub use fingerprint::FINGERPRINT_VERSION;
 pub use info::LayerInfo;
+pub use meta::Defaults;
 pub use path::ImagePath;
 pub use recipe::{
     Entry, EntryKind, FileSource, FileStamp, Preserve, Recipe, RecipeBuilder, TreeFilter,

@@ -254,6 +254,9 @@ struct TreeWalk<'a> {
 pub struct TreeFilter {
     include: Option<Matcher>,
     exclude: Option<Matcher>,
+    /// With [`TreeFilter::anchored`]: what patterns with `/` see in front of the path relative
+    /// to the tree root (the tree's image path, relative to the image root).
+    anchor: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -308,7 +311,24 @@ impl TreeFilter {
         Ok(TreeFilter {
             include: Matcher::new(include)?,
             exclude: Matcher::new(exclude)?,
+            anchor: None,
         })
+    }
+
+    /// The same filter for a tree that goes to `dest`, with patterns that contain `/` matched
+    /// against image paths (`/out/cache/**`) instead of paths relative to the tree root.
+    /// Patterns without `/` still match names at any depth.
+    pub fn anchored(mut self, dest: &ImagePath) -> Self {
+        self.anchor = Some(PathBuf::from(OsStr::from_bytes(dest.as_bytes())));
+        self
+    }
+
+    /// Whether an exclude pattern matches the image path `path` itself (patterns with `/`
+    /// matched against the whole image path, as with [`TreeFilter::anchored`]).
+    pub fn excludes(&self, path: &ImagePath) -> bool {
+        self.exclude
+            .as_ref()
+            .is_some_and(|m| m.is_match(Path::new(OsStr::from_bytes(path.as_bytes()))))
     }
 }
 
@@ -572,15 +592,19 @@ impl RecipeBuilder {
             source: e.into(),
         };
         let is_dir = ft == FileType::Directory;
-        if w.filter
-            .exclude
-            .as_ref()
-            .is_some_and(|m| m.is_match(&w.rel))
-        {
+        let anchored;
+        let key: &Path = match &w.filter.anchor {
+            Some(a) => {
+                anchored = a.join(&w.rel);
+                &anchored
+            }
+            None => &w.rel,
+        };
+        if w.filter.exclude.as_ref().is_some_and(|m| m.is_match(key)) {
             // An excluded directory goes with everything in it.
             return Ok(());
         }
-        let included = w.filter.include.as_ref().is_none_or(|m| m.is_match(&w.rel));
+        let included = w.filter.include.as_ref().is_none_or(|m| m.is_match(key));
         let needs_stat =
             !matches!(ft, FileType::Directory | FileType::Symlink) || self.preserve.any();
         let stat = match stat {
@@ -692,6 +716,18 @@ impl RecipeBuilder {
         }
         let origin: Arc<str> = Arc::from(format!("symlink {dest}"));
         self.insert(dest, ItemKind::Symlink(target.to_vec()), &origin)
+    }
+
+    /// Adds a named pipe with the given permission bits.
+    pub fn add_fifo(&mut self, dest: ImagePath, mode: u32) -> Result<(), Error> {
+        let origin: Arc<str> = Arc::from(format!("fifo {dest}"));
+        self.insert(
+            dest,
+            ItemKind::Fifo {
+                mode: mode & 0o7777,
+            },
+            &origin,
+        )
     }
 
     /// Adds a hard link to another regular file of this layer.
