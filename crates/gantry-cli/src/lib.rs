@@ -49,6 +49,10 @@ pub struct GlobalArgs {
     /// $XDG_RUNTIME_DIR/containers/auth.json, else the Docker config).
     #[arg(long, global = true, env = "REGISTRY_AUTH_FILE", value_name = "FILE")]
     pub authfile: Option<PathBuf>,
+    /// The OCI runtime for build steps and `gantry run`: crun, runc or a path (default: the
+    /// first that works here).
+    #[arg(long, global = true, env = "GANTRY_RUNTIME", value_name = "RUNTIME")]
+    pub runtime: Option<String>,
 }
 
 /// gantry's commands.
@@ -76,6 +80,12 @@ pub enum Command {
     Clean(CleanArgs),
     /// Pin the tags of a project's pull targets to digests in gantry.lock.
     Lock(LockArgs),
+    /// Run a command in an image (a project image, or any transport reference) with crun or
+    /// runc; the container is removed afterwards and its exit code is gantry's.
+    Run(RunArgs),
+    /// Unpack an image's filesystem into a directory (applying whiteouts; every path resolved
+    /// inside the directory). The directory must be empty or absent.
+    Unpack(UnpackArgs),
     /// Push project images to their tags, or one image to the references given.
     Push(PushArgs),
     /// Copy an image between transports (oci:, oci-archive:, docker-archive:, docker://),
@@ -328,6 +338,51 @@ pub struct BuildArgs {
     /// Resolve tags that gantry.lock does not pin, now (the build is then not reproducible).
     #[arg(long)]
     pub allow_unpinned: bool,
+}
+
+/// `gantry run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The project (for image targets).
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// An image target of the project (built first if needed), or a transport reference:
+    /// oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, docker://REF.
+    pub image: String,
+    /// The command and its arguments (after `--`); default: the image's entrypoint and cmd.
+    /// With an entrypoint, they replace the cmd, as `docker run` does.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+    /// Environment: KEY=VALUE, merged with the image's. Repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory (default: the image's, else /).
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User: uid[:gid] or a name from the image's /etc/passwd (default: the image's).
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Share the host's network (default: loopback only).
+    #[arg(long)]
+    pub network: bool,
+    /// Platform to pick from an index (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Resolve tags that gantry.lock does not pin, now.
+    #[arg(long)]
+    pub allow_unpinned: bool,
+}
+
+/// `gantry unpack`.
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, docker://REF.
+    pub image: String,
+    /// The directory to unpack into (created; must be empty if it exists).
+    pub dest: PathBuf,
+    /// Platform to pick from an index (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
 }
 
 /// `gantry lock`.

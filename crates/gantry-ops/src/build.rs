@@ -222,7 +222,7 @@ pub fn build(
         .iter()
         .filter_map(|t| match t {
             TargetRef::Layer(n) => Some(n.as_str()),
-            TargetRef::Image(_) | TargetRef::Pull(_) => None,
+            TargetRef::Image(_) | TargetRef::Pull(_) | TargetRef::Step(_) => None,
         })
         .collect();
     let plans = parallel_map(ctx.jobs, &layer_names, |name| {
@@ -243,21 +243,26 @@ pub fn build(
     let mut fixed_bases: BTreeMap<String, Image> = BTreeMap::new();
     for t in &order {
         match t {
-            TargetRef::Image(n) => {
-                let img = &project.images[n];
-                let platform = image_platform(img);
-                let at = format!(
-                    "{}:{}:{}: image.{n}",
-                    project.file.display(),
-                    img.at.line,
-                    img.at.column
-                );
-                match &img.base {
+            TargetRef::Image(_) | TargetRef::Step(_) => {
+                let n = t.name();
+                let (base, platform_req, at) = match t {
+                    TargetRef::Image(_) => {
+                        let img = &project.images[n];
+                        (&img.base, img.platform.as_ref(), img.at)
+                    }
+                    _ => {
+                        let step = &project.steps[n];
+                        (&step.base, step.platform.as_ref(), step.at)
+                    }
+                };
+                let platform = platform_req.cloned().unwrap_or_else(Platform::host);
+                let at = format!("{}:{}:{}: {t}", project.file.display(), at.line, at.column);
+                match base {
                     BaseRef::Fixed(base) => {
-                        let strict = img.platform.is_some() && *base != Base::Scratch;
+                        let strict = platform_req.is_some() && *base != Base::Scratch;
                         let loaded = Image::from_base(base, &platform, strict)
                             .with_context(|| format!("{at}: cannot use base {base}"))?;
-                        fixed_bases.insert(n.clone(), loaded);
+                        fixed_bases.insert(n.to_owned(), loaded);
                     }
                     BaseRef::Pull(reference) => {
                         let client = match &registry {
@@ -269,11 +274,11 @@ pub fn build(
                             client,
                             &store,
                             reference,
-                            img.platform.as_ref(),
+                            platform_req,
                             allow_unpinned,
                         )
                         .with_context(|| format!("{at}: cannot use base {reference}"))?;
-                        fixed_bases.insert(n.clone(), loaded);
+                        fixed_bases.insert(n.to_owned(), loaded);
                     }
                     BaseRef::Image(_) => {}
                 }
@@ -380,7 +385,7 @@ pub fn build(
             while failure.is_none() && running < ctx.jobs.max(1) {
                 let ready = pending.iter().position(|t| {
                     project.deps(t).iter().all(|d| match d {
-                        TargetRef::Layer(n) => layers_done.contains_key(n),
+                        TargetRef::Layer(n) | TargetRef::Step(n) => layers_done.contains_key(n),
                         TargetRef::Image(n) => images_done.contains_key(n),
                         TargetRef::Pull(_) => pulls_done.contains(&d),
                     })
@@ -398,6 +403,42 @@ pub fn build(
                         scope.spawn(move || {
                             let r = run_layer(ctx, store, cache, stat, &name, &job, started);
                             let _ = tx.send((TargetRef::Layer(name), r));
+                        });
+                    }
+                    TargetRef::Step(name) => {
+                        let step = &project.steps[name];
+                        let mut image = match &step.base {
+                            BaseRef::Fixed(_) | BaseRef::Pull(_) => {
+                                fixed_bases.remove(name).expect("loaded above")
+                            }
+                            BaseRef::Image(parent) => {
+                                let (p, d) = &images_done[parent];
+                                Image::on_top_of(p, d.clone())
+                            }
+                        };
+                        let mut bad = None;
+                        for l in &step.layers {
+                            let (info, _) = &layers_done[l];
+                            if let Err(e) = image.push_layer(
+                                info,
+                                BlobSource::Store,
+                                &created,
+                                &format!("layer {l}"),
+                            ) {
+                                bad = Some(e);
+                            }
+                        }
+                        let (store, cache, stat, created) = (&store, &cache, &stat, &created);
+                        let registry = registry.as_ref();
+                        scope.spawn(move || {
+                            let r = match bad {
+                                Some(e) => Err(e.into()),
+                                None => run_step_target(
+                                    ctx, store, cache, stat, registry, step, image, created,
+                                    started,
+                                ),
+                            };
+                            let _ = tx.send((TargetRef::Step(step.name.clone()), r));
                         });
                     }
                     TargetRef::Image(name) => {
@@ -551,9 +592,40 @@ fn run_layer(
     Ok(Finished::Layer(info, cache_hit, outcome))
 }
 
+#[allow(clippy::too_many_arguments)]
+fn run_step_target(
+    ctx: &Context,
+    store: &Store,
+    cache: &ActionCache,
+    stat: &Mutex<StatCache>,
+    registry: Option<&gantry_registry::Client>,
+    step: &gantry_project::StepTarget,
+    image: Image,
+    created: &str,
+    build_started: Instant,
+) -> Result<Finished> {
+    let started_ms = millis(build_started);
+    let job = crate::step::StepJob {
+        step,
+        image,
+        created: created.to_owned(),
+    };
+    let (info, hit) = crate::step::run_step(ctx, store, cache, stat, registry, &job)?;
+    let outcome = LayerOutcome {
+        name: step.name.clone(),
+        digest: info.digest.clone(),
+        size: info.size,
+        media_type: info.media_type.clone(),
+        cache_hit: hit,
+        started_ms,
+        finished_ms: millis(build_started),
+    };
+    Ok(Finished::Layer(info, hit, outcome))
+}
+
 /// Whether every output blob of a cache entry is in the store with the right content (checked
 /// through the stat cache, so an untouched blob is not rehashed).
-fn outputs_intact(
+pub(crate) fn outputs_intact(
     store: &Store,
     stat: &Mutex<StatCache>,
     outputs: &[gantry_oci::Descriptor],

@@ -43,6 +43,8 @@ pub struct Context {
     pub reporter: Arc<dyn Reporter>,
     /// Registry options from the command line.
     pub registry: RegistryOptions,
+    /// The OCI runtime asked for (`--runtime`, `GANTRY_RUNTIME`); `None` detects one.
+    pub runtime: Option<String>,
 }
 
 /// Registry options from the command line (a project's settings add to them).
@@ -96,6 +98,7 @@ impl Context {
             cwd,
             reporter,
             registry: RegistryOptions::default(),
+            runtime: None,
         })
     }
 

@@ -41,6 +41,8 @@ pub mod ls;
 pub mod maintenance;
 pub mod push;
 pub mod registry;
+pub mod run;
+mod step;
 mod target;
 pub mod transfer;
 mod util;

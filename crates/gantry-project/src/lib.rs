@@ -24,7 +24,7 @@ use gantry_oci::{Digest, Platform, Reference};
 
 pub use error::{Diagnostic, Error};
 pub use lock::{LOCK_FILE, Lock, LockedPull};
-use schema::{AutoLabelsSpec, EpochSpec, ImageSpec, ProjectFile, PullSpec};
+use schema::{AutoLabelsSpec, EpochSpec, ImageSpec, ProjectFile, PullSpec, StepSpec};
 pub use spans::{KeyPath, LineCol, Seg, SpanIndex};
 
 /// The default project file name.
@@ -47,6 +47,8 @@ pub struct Project {
     pub images: BTreeMap<String, ImageTarget>,
     /// Pull targets by name.
     pub pulls: BTreeMap<String, PullTarget>,
+    /// Step targets by name.
+    pub steps: BTreeMap<String, StepTarget>,
     /// The lock (gantry.lock next to the project file; empty if there is none).
     pub lock: Lock,
     spans: SpanIndex,
@@ -242,6 +244,70 @@ pub struct ImageTarget {
     pub at: LineCol,
 }
 
+/// What a step runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepCommand {
+    /// An argv.
+    Run(Vec<String>),
+    /// Shell text for `/bin/sh -c`.
+    Script(String),
+}
+
+impl StepCommand {
+    /// The argv to execute.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            StepCommand::Run(a) => a.clone(),
+            StepCommand::Script(s) => vec!["/bin/sh".to_owned(), "-c".to_owned(), s.clone()],
+        }
+    }
+}
+
+/// What a step's layer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capture {
+    /// These paths of the final filesystem, minus the excludes.
+    Outputs {
+        /// Absolute paths in the image.
+        paths: Vec<String>,
+        /// Globs left out.
+        exclude: Vec<String>,
+    },
+    /// Every change to the filesystem, deletions as whiteouts.
+    Diff,
+}
+
+/// A `[step.NAME]` target: a command run in an image, captured as a layer.
+#[derive(Debug, Clone)]
+pub struct StepTarget {
+    /// The name.
+    pub name: String,
+    /// The image it runs in.
+    pub base: BaseRef,
+    /// Layer or step targets on top of the base.
+    pub layers: Vec<String>,
+    /// Platform to pick from an index base.
+    pub platform: Option<Platform>,
+    /// The command.
+    pub command: StepCommand,
+    /// Environment entries (merged by key with the base's).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// Network access.
+    pub network: bool,
+    /// Read-only inputs: image path → absolute project path.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// What the layer holds.
+    pub capture: Capture,
+    /// Compression of the layer.
+    pub compressor: gantry_layer::Compressor,
+    /// Where its table starts.
+    pub at: LineCol,
+}
+
 /// A target of the graph.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TargetRef {
@@ -251,13 +317,17 @@ pub enum TargetRef {
     Image(String),
     /// A pull target (`NAME` or `NAME#variant`).
     Pull(String),
+    /// A build step.
+    Step(String),
 }
 
 impl TargetRef {
     /// The target's name.
     pub fn name(&self) -> &str {
         match self {
-            TargetRef::Layer(n) | TargetRef::Image(n) | TargetRef::Pull(n) => n,
+            TargetRef::Layer(n) | TargetRef::Image(n) | TargetRef::Pull(n) | TargetRef::Step(n) => {
+                n
+            }
         }
     }
 }
@@ -268,6 +338,7 @@ impl std::fmt::Display for TargetRef {
             TargetRef::Layer(n) => write!(f, "layer.{n}"),
             TargetRef::Image(n) => write!(f, "image.{n}"),
             TargetRef::Pull(n) => write!(f, "pull.{n}"),
+            TargetRef::Step(n) => write!(f, "step.{n}"),
         }
     }
 }
@@ -394,7 +465,13 @@ impl Project {
             let image = check_image(&mut c, name, spec, &parsed, &settings, &dir);
             images.insert(name.clone(), image);
         }
-        check_cycles(&mut c, &images);
+        let mut steps = BTreeMap::new();
+        for (name, spec) in &parsed.step {
+            if let Some(step) = check_step(&mut c, name, spec, &parsed, &settings, &dir) {
+                steps.insert(name.clone(), step);
+            }
+        }
+        check_cycles(&mut c, &images, &steps);
         if !c.problems.is_empty() {
             let mut problems = c.problems;
             problems.sort_by_key(|d| (d.at.line, d.at.column));
@@ -408,6 +485,7 @@ impl Project {
             layers,
             images,
             pulls,
+            steps,
             lock,
             spans,
         })
@@ -460,20 +538,37 @@ impl Project {
             TargetRef::Layer(_) | TargetRef::Pull(_) => Vec::new(),
             TargetRef::Image(n) => {
                 let img = &self.images[n];
-                let mut d: Vec<TargetRef> = Vec::new();
-                match &img.base {
-                    BaseRef::Image(b) => d.push(TargetRef::Image(b.clone())),
-                    BaseRef::Pull(p) => d.push(TargetRef::Pull(p.clone())),
-                    BaseRef::Fixed(_) => {}
-                }
-                for l in &img.layers {
-                    let r = TargetRef::Layer(l.clone());
-                    if !d.contains(&r) {
-                        d.push(r);
-                    }
-                }
-                d
+                self.base_and_layers(&img.base, &img.layers)
             }
+            TargetRef::Step(n) => {
+                let step = &self.steps[n];
+                self.base_and_layers(&step.base, &step.layers)
+            }
+        }
+    }
+
+    fn base_and_layers(&self, base: &BaseRef, layers: &[String]) -> Vec<TargetRef> {
+        let mut d: Vec<TargetRef> = Vec::new();
+        match base {
+            BaseRef::Image(b) => d.push(TargetRef::Image(b.clone())),
+            BaseRef::Pull(p) => d.push(TargetRef::Pull(p.clone())),
+            BaseRef::Fixed(_) => {}
+        }
+        for l in layers {
+            let r = self.layer_ref(l);
+            if !d.contains(&r) {
+                d.push(r);
+            }
+        }
+        d
+    }
+
+    /// The target of a name in a `layers` list: a layer or a step.
+    pub fn layer_ref(&self, name: &str) -> TargetRef {
+        if self.steps.contains_key(name) {
+            TargetRef::Step(name.to_owned())
+        } else {
+            TargetRef::Layer(name.to_owned())
         }
     }
 
@@ -512,6 +607,8 @@ impl Project {
             Ok(TargetRef::Layer(name.to_owned()))
         } else if self.images.contains_key(name) {
             Ok(TargetRef::Image(name.to_owned()))
+        } else if self.steps.contains_key(name) {
+            Ok(TargetRef::Step(name.to_owned()))
         } else if self.pull_ref_ok(name) {
             Ok(TargetRef::Pull(name.to_owned()))
         } else {
@@ -519,6 +616,7 @@ impl Project {
                 .images
                 .keys()
                 .chain(self.layers.keys())
+                .chain(self.steps.keys())
                 .chain(self.pulls.keys())
                 .map(String::as_str)
                 .collect();
@@ -678,16 +776,15 @@ fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Sett
     }
 }
 
-fn check_image(
+/// Resolves a `base` key of an image or a step.
+fn check_base(
     c: &mut Checker<'_>,
-    name: &str,
-    spec: &ImageSpec,
+    at: &KeyPath,
+    base: Option<&str>,
     parsed: &ProjectFile,
-    settings: &Settings,
     dir: &Path,
-) -> ImageTarget {
-    let at = kp(&["image", name]);
-    let base = match spec.base.as_deref().unwrap_or("scratch") {
+) -> BaseRef {
+    match base.unwrap_or("scratch") {
         "scratch" => BaseRef::Fixed(Base::Scratch),
         b if b.starts_with("oci:") => match Base::parse(b) {
             Ok(Base::Layout { dir: d, selector }) => {
@@ -737,8 +834,11 @@ fn check_image(
             }
             BaseRef::Pull(b.to_owned())
         }
-        b if parsed.layer.contains_key(b) => {
-            c.report(at.join("base"), format!("{b:?} is a layer, not an image"));
+        b if parsed.layer.contains_key(b) || parsed.step.contains_key(b) => {
+            c.report(
+                at.join("base"),
+                format!("{b:?} makes a layer, not an image"),
+            );
             BaseRef::Fixed(Base::Scratch)
         }
         b => {
@@ -750,20 +850,20 @@ fn check_image(
             );
             BaseRef::Fixed(Base::Scratch)
         }
-    };
-    for (i, l) in spec.layers.iter().enumerate() {
-        if !parsed.layer.contains_key(l) {
-            let hint = if parsed.image.contains_key(l) {
-                " (it is an image; use it as a base)".to_owned()
-            } else {
-                String::new()
-            };
-            c.report(
-                at.join("layers").join(i),
-                format!("no layer named {l:?}{hint}"),
-            );
-        }
     }
+}
+
+fn check_image(
+    c: &mut Checker<'_>,
+    name: &str,
+    spec: &ImageSpec,
+    parsed: &ProjectFile,
+    settings: &Settings,
+    dir: &Path,
+) -> ImageTarget {
+    let at = kp(&["image", name]);
+    let base = check_base(c, &at, spec.base.as_deref(), parsed, dir);
+    check_layer_list(c, &at, &spec.layers, parsed);
     let platform = match &spec.platform {
         Some(p) => match Platform::parse(p) {
             Ok(p) => Some(p),
@@ -909,32 +1009,280 @@ fn check_image(
     }
 }
 
-/// Reports every cycle of images built on each other (at the `base` key of each image in it).
-fn check_cycles(c: &mut Checker<'_>, images: &BTreeMap<String, ImageTarget>) {
-    let mut reported = BTreeSet::new();
-    for start in images.keys() {
-        let mut chain = vec![start.clone()];
-        let mut cur = start.clone();
-        while let Some(BaseRef::Image(next)) = images.get(&cur).map(|i| &i.base) {
-            if let Some(pos) = chain.iter().position(|n| n == next) {
-                let cycle: Vec<String> = chain[pos..].to_vec();
-                let mut key = cycle.clone();
-                key.sort();
-                if reported.insert(key) {
-                    let mut shown = cycle.clone();
-                    shown.push(next.clone());
-                    c.report(
-                        kp(&["image", &cycle[0], "base"]),
-                        format!(
-                            "images are built on each other in a cycle: {}",
-                            shown.join(" -> ")
-                        ),
-                    );
-                }
-                break;
+/// Checks that every name in a `layers` list is a layer or a step target.
+fn check_layer_list(c: &mut Checker<'_>, at: &KeyPath, layers: &[String], parsed: &ProjectFile) {
+    for (i, l) in layers.iter().enumerate() {
+        if !parsed.layer.contains_key(l) && !parsed.step.contains_key(l) {
+            let hint = if parsed.image.contains_key(l) || parsed.pull.contains_key(l) {
+                " (it is an image; use it as a base)".to_owned()
+            } else {
+                String::new()
+            };
+            c.report(
+                at.join("layers").join(i),
+                format!("no layer or step named {l:?}{hint}"),
+            );
+        }
+    }
+}
+
+fn check_step(
+    c: &mut Checker<'_>,
+    name: &str,
+    spec: &StepSpec,
+    parsed: &ProjectFile,
+    settings: &Settings,
+    dir: &Path,
+) -> Option<StepTarget> {
+    let at = kp(&["step", name]);
+    if !valid_name(name) {
+        c.report(
+            at.clone(),
+            "target names start with a letter or digit and use letters, digits, '-', '_', '.'",
+        );
+    }
+    if parsed.layer.contains_key(name)
+        || parsed.image.contains_key(name)
+        || parsed.pull.contains_key(name)
+    {
+        c.report(
+            at.clone(),
+            format!(
+                "the name {name:?} is also a layer, image or pull target; target names must be unique"
+            ),
+        );
+    }
+    let base = check_base(c, &at, spec.base.as_deref(), parsed, dir);
+    check_layer_list(c, &at, &spec.layers, parsed);
+    let platform = match &spec.platform {
+        Some(p) => match Platform::parse(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.report(at.join("platform"), e.to_string());
+                None
             }
-            chain.push(next.clone());
-            cur = next.clone();
+        },
+        None => settings.platform.clone(),
+    };
+    let command = match (&spec.run, &spec.script) {
+        (Some(run), None) if !run.is_empty() && !run[0].is_empty() => {
+            Some(StepCommand::Run(run.clone()))
+        }
+        (Some(_), None) => {
+            c.report(at.join("run"), "`run` needs at least a program");
+            None
+        }
+        (None, Some(script)) if !script.trim().is_empty() => {
+            Some(StepCommand::Script(script.clone()))
+        }
+        (None, Some(_)) => {
+            c.report(at.join("script"), "`script` is empty");
+            None
+        }
+        (Some(_), Some(_)) => {
+            c.report(at.join("script"), "give `run` or `script`, not both");
+            None
+        }
+        (None, None) => {
+            c.report(
+                at.clone(),
+                "a step needs `run` (argv) or `script` (shell text)",
+            );
+            None
+        }
+    };
+    for k in spec.env.keys() {
+        if let Err(e) = gantry_image::parse_env(&format!("{k}=")) {
+            c.report(at.join("env").join(Seg::Key(k.clone())), e.to_string());
+        }
+    }
+    if let Some(w) = &spec.workdir
+        && !w.starts_with('/')
+    {
+        c.report(at.join("workdir"), "the working directory must be absolute");
+    }
+    if let Some(u) = &spec.user
+        && (u.is_empty() || u.contains(char::is_whitespace))
+    {
+        c.report(at.join("user"), format!("invalid user {u:?}"));
+    }
+    let mut inputs = BTreeMap::new();
+    for (dest, src) in &spec.inputs {
+        let key = at.join("inputs").join(Seg::Key(dest.clone()));
+        if let Err(e) = image_path(dest) {
+            c.report(key.clone(), e);
+            continue;
+        }
+        let path = dir.join(src);
+        if std::fs::symlink_metadata(&path).is_err() {
+            c.report(key, format!("{} does not exist", path.display()));
+            continue;
+        }
+        inputs.insert(dest.clone(), path);
+    }
+    let capture = match spec.capture.as_deref().unwrap_or("outputs") {
+        "outputs" => {
+            if spec.outputs.is_empty() {
+                c.report(
+                    at.clone(),
+                    "a step needs `outputs` (paths to keep) or `capture = \"diff\"`",
+                );
+            }
+            for (i, o) in spec.outputs.iter().enumerate() {
+                if let Err(e) = image_path(o) {
+                    c.report(at.join("outputs").join(i), e);
+                }
+            }
+            if let Err(e) = gantry_layer::recipe::TreeFilter::new(&[], &spec.exclude) {
+                c.report(at.join("exclude"), e.to_string());
+            }
+            Capture::Outputs {
+                paths: spec.outputs.clone(),
+                exclude: spec.exclude.clone(),
+            }
+        }
+        "diff" => {
+            if !spec.outputs.is_empty() {
+                c.report(
+                    at.join("outputs"),
+                    "`outputs` and `capture = \"diff\"` exclude each other",
+                );
+            }
+            if !spec.exclude.is_empty() {
+                c.report(at.join("exclude"), "`exclude` applies to `outputs` only");
+            }
+            Capture::Diff
+        }
+        other => {
+            c.report(
+                at.join("capture"),
+                format!("expected \"outputs\" or \"diff\", found {other:?}"),
+            );
+            Capture::Diff
+        }
+    };
+    let compression = spec
+        .compression
+        .as_deref()
+        .or(parsed.settings.compression.as_deref())
+        .unwrap_or("gzip");
+    let compressor =
+        match gantry_layer::Compressor::parse(compression, spec.level.or(parsed.settings.level)) {
+            Ok(c) => c,
+            Err(e) => {
+                c.report(at.join("compression"), e.to_string());
+                return None;
+            }
+        };
+    Some(StepTarget {
+        name: name.to_owned(),
+        base,
+        layers: spec.layers.clone(),
+        platform,
+        command: command?,
+        env: spec.env.clone(),
+        workdir: spec.workdir.clone(),
+        user: spec.user.clone(),
+        network: spec.network,
+        inputs,
+        capture,
+        compressor,
+        at: c.spans.locate(&at),
+    })
+}
+
+/// An absolute path inside the image, without `..`.
+fn image_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?}: paths in the image are absolute"));
+    }
+    if p.split('/').any(|s| s == "..") || p.contains('\0') {
+        return Err(format!("{p:?}: `..` and NUL are not allowed"));
+    }
+    Ok(())
+}
+
+/// Reports every cycle between images and steps (through `base` and `layers`), once, at the
+/// first target of the cycle.
+fn check_cycles(
+    c: &mut Checker<'_>,
+    images: &BTreeMap<String, ImageTarget>,
+    steps: &BTreeMap<String, StepTarget>,
+) {
+    // Edges between images and steps only: layers and pulls have no dependencies.
+    let node = |n: &str| -> Option<(String, Vec<String>)> {
+        let (kind, base, layers) = if let Some(i) = images.get(n) {
+            ("image", &i.base, &i.layers)
+        } else if let Some(s) = steps.get(n) {
+            ("step", &s.base, &s.layers)
+        } else {
+            return None;
+        };
+        let mut next = Vec::new();
+        if let BaseRef::Image(b) = base {
+            next.push(b.clone());
+        }
+        next.extend(layers.iter().filter(|l| steps.contains_key(*l)).cloned());
+        Some((kind.to_owned(), next))
+    };
+    let mut state: BTreeMap<String, u8> = BTreeMap::new(); // 1 = on the stack, 2 = done
+    let mut reported = BTreeSet::new();
+    let names: Vec<String> = images.keys().chain(steps.keys()).cloned().collect();
+    for start in names {
+        if state.contains_key(&start) {
+            continue;
+        }
+        // Iterative DFS: (name, its successors, next index).
+        let mut stack: Vec<(String, Vec<String>, usize)> = Vec::new();
+        let succ = node(&start).map(|n| n.1).unwrap_or_default();
+        state.insert(start.clone(), 1);
+        stack.push((start, succ, 0));
+        while let Some((name, succ, i)) = stack.last_mut() {
+            if *i == succ.len() {
+                state.insert(name.clone(), 2);
+                stack.pop();
+                continue;
+            }
+            let next = succ[*i].clone();
+            *i += 1;
+            match state.get(&next) {
+                Some(1) => {
+                    let pos = stack.iter().position(|(n, _, _)| *n == next).unwrap_or(0);
+                    let cycle: Vec<String> =
+                        stack[pos..].iter().map(|(n, _, _)| n.clone()).collect();
+                    let mut key = cycle.clone();
+                    key.sort();
+                    if reported.insert(key) {
+                        let first = &cycle[0];
+                        let kind = node(first).map(|n| n.0).unwrap_or_default();
+                        let second = cycle.get(1).unwrap_or(&next);
+                        let base = images
+                            .get(first)
+                            .map(|i| &i.base)
+                            .or_else(|| steps.get(first).map(|s| &s.base));
+                        let edge = if base == Some(&BaseRef::Image(second.clone())) {
+                            "base"
+                        } else {
+                            "layers"
+                        };
+                        let mut shown = cycle.clone();
+                        shown.push(next.clone());
+                        c.report(
+                            kp(&[&kind, first, edge]),
+                            format!(
+                                "targets depend on each other in a cycle: {}",
+                                shown.join(" -> ")
+                            ),
+                        );
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let succ = node(&next).map(|n| n.1).unwrap_or_default();
+                    state.insert(next.clone(), 1);
+                    stack.push((next, succ, 0));
+                }
+            }
         }
     }
 }

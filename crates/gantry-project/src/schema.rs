@@ -23,6 +23,52 @@ pub struct ProjectFile {
     /// `[pull.NAME]` tables.
     #[serde(default)]
     pub pull: BTreeMap<String, PullSpec>,
+    /// `[step.NAME]` tables.
+    #[serde(default)]
+    pub step: BTreeMap<String, StepSpec>,
+}
+
+/// `[step.NAME]`: a command run inside an image whose outputs (or filesystem diff) become a
+/// layer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StepSpec {
+    /// `scratch`, `oci:DIR[:TAG]`, an image target or a pull target (default `scratch`).
+    pub base: Option<String>,
+    /// Layer or step targets applied on top of the base, in order.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// Platform to pick from an index base.
+    pub platform: Option<String>,
+    /// The command (argv).
+    pub run: Option<Vec<String>>,
+    /// Shell text, run with `/bin/sh -c`.
+    pub script: Option<String>,
+    /// Environment, merged by key with the base's.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the base's, else `/`).
+    pub workdir: Option<String>,
+    /// User (`uid[:gid]` or a name from the image's /etc/passwd; default: the base's).
+    pub user: Option<String>,
+    /// Network access (default false: loopback only).
+    #[serde(default)]
+    pub network: bool,
+    /// Read-only inputs from the project: `{ "/src" = "path" }`.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Paths of the final filesystem that make up the layer.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// Globs left out of `outputs`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `outputs` (default) or `diff`: the whole filesystem change, deletions as whiteouts.
+    pub capture: Option<String>,
+    /// Compression of the layer (default: the project's).
+    pub compression: Option<String>,
+    /// Compression level.
+    pub level: Option<i32>,
 }
 
 /// `[pull.NAME]`: a base image in a registry, pinned by digest.

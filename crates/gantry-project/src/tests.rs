@@ -158,8 +158,8 @@ base = "oci:does-not-exist:v1"
     let want = [
         "gantry.toml:2:37: layer.app.files.\"/app/missing\": cannot read",
         "gantry.toml:3:10: layer.app.metadata.\"/app/server\": invalid mode \"0999\"",
-        "gantry.toml:6:1: image.one.base: images are built on each other in a cycle: one -> two -> one",
-        "gantry.toml:7:18: image.one.layers[1]: no layer named \"ghost\"",
+        "gantry.toml:6:1: image.one.base: targets depend on each other in a cycle: one -> two -> one",
+        "gantry.toml:7:18: image.one.layers[1]: no layer or step named \"ghost\"",
         "gantry.toml:8:12: image.one.labels.\"bad key\": invalid label key",
         "gantry.toml:9:10: image.one.ports[0]: invalid port \"70000\"",
         "gantry.toml:14:8: image.app: the name \"app\" is also a layer",
@@ -180,7 +180,7 @@ fn names_and_bases_are_checked() {
         d.path(),
         "[layer.l]\ncontent = {\"/x\" = \"1\"}\n[image.i]\nbase = \"l\"\n",
     );
-    assert!(e[0].contains("is a layer, not an image"), "{e:?}");
+    assert!(e[0].contains("makes a layer, not an image"), "{e:?}");
     let e = errors(d.path(), "[image.i]\nbase = \"elsewhere\"\n");
     assert!(e[0].contains("unknown base"), "{e:?}");
     let e = errors(d.path(), "[image.i]\nbase = \"i\"\n");
@@ -295,4 +295,128 @@ fn bad_pull_targets_are_reported() {
     let text = PULLS.replace("base = \"debian#trixie\"", "base = \"debian#sid\"");
     let e = errors(d.path(), &text);
     assert!(e[0].contains("no variant \"sid\""), "{e:?}");
+}
+
+const STEPS: &str = r#"
+[layer.tools]
+files = { "/bin/tool" = "server" }
+
+[image.builder]
+layers = ["tools"]
+
+[step.compile]
+base = "builder"
+layers = ["tools"]
+script = "make > /out/app"
+env = { CC = "cc" }
+workdir = "/src"
+inputs = { "/src" = "web" }
+outputs = ["/out/app"]
+exclude = ["*.o"]
+
+[step.setup]
+base = "builder"
+layers = ["compile"]
+run = ["/bin/tool", "--install"]
+capture = "diff"
+network = true
+
+[image.app]
+base = "builder"
+layers = ["compile", "setup"]
+"#;
+
+#[test]
+fn steps_are_targets_that_make_layers() {
+    let d = dir_with_files();
+    let p = load(d.path(), STEPS).unwrap();
+    let compile = &p.steps["compile"];
+    assert_eq!(compile.base, BaseRef::Image("builder".to_owned()));
+    assert_eq!(compile.command.argv(), ["/bin/sh", "-c", "make > /out/app"]);
+    assert_eq!(compile.inputs["/src"], d.path().join("web"));
+    assert!(!compile.network);
+    assert_eq!(
+        compile.capture,
+        Capture::Outputs {
+            paths: vec!["/out/app".to_owned()],
+            exclude: vec!["*.o".to_owned()]
+        }
+    );
+    let setup = &p.steps["setup"];
+    assert_eq!(setup.capture, Capture::Diff);
+    assert!(setup.network);
+    assert_eq!(
+        setup.command,
+        StepCommand::Run(vec!["/bin/tool".to_owned(), "--install".to_owned()])
+    );
+    let order = p.plan(&["app".to_owned()]).unwrap();
+    let pos = |t: TargetRef| order.iter().position(|o| *o == t).unwrap();
+    assert!(pos(TargetRef::Image("builder".into())) < pos(TargetRef::Step("compile".into())));
+    assert!(pos(TargetRef::Step("compile".into())) < pos(TargetRef::Step("setup".into())));
+    assert!(pos(TargetRef::Step("setup".into())) < pos(TargetRef::Image("app".into())));
+    assert_eq!(
+        p.target("compile").unwrap(),
+        TargetRef::Step("compile".into())
+    );
+}
+
+#[test]
+fn bad_steps_name_line_and_key() {
+    let d = dir_with_files();
+    let text = r#"[step.a]
+run = []
+outputs = ["relative"]
+
+[step.b]
+script = "x"
+run = ["y"]
+capture = "diff"
+outputs = ["/o"]
+
+[step.c]
+inputs = { "/src" = "missing-dir" }
+capture = "everything"
+workdir = "w"
+layers = ["ghost"]
+
+[step.d]
+base = "c"
+script = "true"
+"#;
+    let e = errors(d.path(), text);
+    let want = [
+        "gantry.toml:2:1: step.a.run: `run` needs at least a program",
+        "gantry.toml:3:12: step.a.outputs[0]: \"relative\": paths in the image are absolute",
+        "gantry.toml:6:1: step.b.script: give `run` or `script`, not both",
+        "gantry.toml:9:1: step.b.outputs: `outputs` and `capture = \"diff\"` exclude each other",
+        "gantry.toml:11:7: step.c: a step needs `run` (argv) or `script` (shell text)",
+        "gantry.toml:12:12: step.c.inputs.\"/src\":",
+        "gantry.toml:13:1: step.c.capture: expected \"outputs\" or \"diff\"",
+        "gantry.toml:14:1: step.c.workdir: the working directory must be absolute",
+        "gantry.toml:15:11: step.c.layers[0]: no layer or step named \"ghost\"",
+        "gantry.toml:18:1: step.d.base: \"c\" makes a layer, not an image",
+    ];
+    for w in want {
+        assert!(
+            e.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {e:#?}"
+        );
+    }
+
+    // A step whose layers include a step built on an image that uses the first step.
+    let text = r#"[step.s]
+base = "i"
+script = "true"
+capture = "diff"
+
+[image.i]
+layers = ["s"]
+"#;
+    let e = errors(d.path(), text);
+    assert!(
+        e.iter().any(
+            |g| g.contains("cycle: ") && g.contains("i -> s -> i") || g.contains("s -> i -> s")
+        ),
+        "{e:#?}"
+    );
 }

@@ -260,6 +260,12 @@ impl Store {
         result
     }
 
+    /// A directory private to this open store for scratch work: removed when the store is
+    /// dropped, and by the next open if this process dies.
+    pub fn session_dir(&self) -> &Path {
+        self.session.path()
+    }
+
     /// Creates a temp file in this store's session directory.
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<tempfile::NamedTempFile> {
         tempfile::Builder::new()
@@ -281,11 +287,6 @@ impl Store {
     /// The `tmp` directory.
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join(TMP_DIR)
-    }
-
-    /// This store's session directory.
-    pub(crate) fn session_dir(&self) -> &Path {
-        self.session.path()
     }
 
     /// Takes `locks/refs.lock` exclusively until the returned file is dropped.

@@ -81,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .collect::<anyhow::Result<_>>()?,
         auth_file: cli.global.authfile.as_ref().map(|p| ctx.abs(p)),
     };
+    ctx.runtime.clone_from(&cli.global.runtime);
     match &cli.command {
         Command::Layer(args) => {
             let r = gantry_ops::layer::run(&ctx, args)?;
@@ -114,6 +115,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => {
             let r = gantry_ops::lock::run(&ctx, args)?;
             print::lock(&r, cli.global.quiet)?;
+        }
+        Command::Unpack(args) => {
+            let stats = gantry_ops::run::unpack(&ctx, args)?;
+            if !cli.global.quiet {
+                eprintln!("unpacked {stats} into {}", args.dest.display());
+            }
+        }
+        Command::Run(args) => {
+            let code = gantry_ops::run::run(&ctx, args)?;
+            return Ok(ExitCode::from(code));
         }
         Command::Push(args) => {
             let r = gantry_ops::push::run(&ctx, args)?;

@@ -13,6 +13,7 @@ mod registry;
 mod registry_auth;
 mod registry_faults;
 mod reproducibility;
+mod steps;
 mod store;
 
 /// The binary under test.

@@ -1,0 +1,154 @@
+//! `gantry run`: a command in an image (a project image target, built first, or any transport
+//! reference) under crun or runc. The image's rootfs comes from the rootfs cache and is never
+//! changed: the container writes to an overlay (or a copy) that is thrown away with it.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context as _, Result, bail};
+use gantry_oci::{ImageConfig, Platform, json};
+use gantry_project::{Project, TargetRef};
+
+use crate::Context;
+use crate::step;
+use crate::transfer::{SourceImage, open_source};
+
+/// Runs `gantry run`; returns the container's exit code (128 + the signal if it was killed).
+pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
+    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
+    let mut env_overrides = Vec::new();
+    for e in &args.env {
+        let (k, v) = gantry_image::parse_env(e).with_context(|| format!("--env {e:?}"))?;
+        env_overrides.push((k, v));
+    }
+    let runtime = step::runtime(ctx)?;
+    let (source, client) = match project_image(ctx, args)? {
+        Some((project, name)) => {
+            let report = crate::build::build(
+                ctx,
+                &project,
+                std::slice::from_ref(&name),
+                args.allow_unpinned,
+            )?;
+            let built = report
+                .built
+                .get(&name)
+                .with_context(|| format!("image.{name} was not built"))?;
+            let client = crate::registry::client(ctx, Some(&project))?;
+            (SourceImage::from_built(built)?, client)
+        }
+        None => {
+            let store = ctx.store()?;
+            let client = crate::registry::client(ctx, None)?;
+            let source = open_source(ctx, &store, &client, &args.image, platform.as_ref())?;
+            (source, client)
+        }
+    };
+    let store = ctx.store()?;
+    let config = ImageConfig::parse(
+        &store.read_blob(&source.config.digest, json::MAX_CONFIG_SIZE)?,
+        "image config",
+    )?;
+    let label = args.image.clone();
+    let lower = step::cached_rootfs(
+        &store,
+        Some(&client),
+        &config.rootfs.diff_ids,
+        &source.layers,
+        &label,
+    )?;
+    let c = config.config.clone().unwrap_or_default();
+    let mut argv: Vec<String> = c.entrypoint.clone().unwrap_or_default();
+    if args.args.is_empty() {
+        argv.extend(c.cmd.clone().unwrap_or_default());
+    } else {
+        argv.extend(args.args.iter().cloned());
+    }
+    if argv.is_empty() {
+        bail!("{label}: the image has no entrypoint or cmd; give a command after `--`");
+    }
+    let user_spec = args
+        .user
+        .clone()
+        .unwrap_or_else(|| step::image_user(&config));
+    let mut user =
+        step::resolve_user(&lower, &user_spec).with_context(|| format!("--user {user_spec:?}"))?;
+    let rootless = step::rootless_maps()?;
+    if rootless.is_some() {
+        user.additional_gids.clear();
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(store.session_dir())
+        .context("cannot create a scratch directory")?;
+    let prepared = gantry_runtime::prepare_rootfs(&lower, scratch.path())
+        .context("cannot prepare the root filesystem")?;
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let spec = gantry_runtime::RunSpec {
+        rootfs: prepared.path.clone(),
+        args: argv,
+        env: step::merged_env(&config, &env_overrides),
+        cwd: args
+            .workdir
+            .clone()
+            .unwrap_or_else(|| step::image_workdir(&config)),
+        user: gantry_runtime::User {
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids,
+        },
+        network: args.network,
+        readonly_rootfs: false,
+        mounts: Vec::new(),
+        hostname: "gantry".to_owned(),
+        terminal,
+        rootless,
+    };
+    let bundle = scratch.path().join("bundle");
+    gantry_runtime::write_bundle(&bundle, &spec)?;
+    let status = runtime
+        .run_inherit(&bundle, &step::container_id("run"))
+        .with_context(|| format!("the runtime ({}) failed", runtime.name()))?;
+    drop(prepared);
+    Ok(u8::try_from(status.exit_code().clamp(0, 255)).unwrap_or(1))
+}
+
+/// The project and image target `args.image` names, if it names one (no transport prefix,
+/// and a project file in the directory that defines it).
+fn project_image(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<Option<(Project, String)>> {
+    if args.image.contains(':') || args.image.contains('/') {
+        return Ok(None);
+    }
+    let dir = args
+        .project
+        .dir
+        .as_ref()
+        .map_or_else(|| ctx.cwd.clone(), |d| ctx.abs(d));
+    let file = Project::locate(&dir, args.project.file.as_deref());
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let project = Project::load(&file)?;
+    match project.target(&args.image) {
+        Ok(TargetRef::Image(n)) => Ok(Some((project, n))),
+        Ok(other) => bail!("{other} is not an image; `gantry run` runs images"),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Runs `gantry unpack`; returns a summary of what was unpacked.
+pub fn unpack(ctx: &Context, args: &gantry_cli::UnpackArgs) -> Result<String> {
+    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
+    let store = ctx.store()?;
+    let client = crate::registry::client(ctx, None)?;
+    let source = open_source(ctx, &store, &client, &args.image, platform.as_ref())?;
+    let dest = ctx.abs(&args.dest);
+    let readers = step::layer_readers(&store, Some(&client), &source.layers)?;
+    let stats =
+        gantry_unpack::unpack_image(&dest, readers, &gantry_unpack::UnpackOptions::default())
+            .with_context(|| format!("cannot unpack {} into {}", args.image, dest.display()))?;
+    Ok(format!(
+        "{} layers, {} entries",
+        source.layers.len(),
+        stats.entries
+    ))
+}
