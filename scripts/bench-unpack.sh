@@ -18,8 +18,9 @@ for t in umoci runc /usr/bin/time busybox; do
 done
 cargo build --release --locked -p gantry >&2
 G=$PWD/target/release/gantry
-# On tmpfs by default (BENCH_DIR overrides): ext4 slows file creation right after a large
-# tree was deleted, which would measure the rm -rf between rounds rather than the unpackers.
+# On tmpfs by default, which compares the unpackers' own work (BENCH_DIR=/var/tmp measures a
+# disk, see BENCHMARKS.md for how much ext4's state then matters); needs about
+# 2 × REPEAT × the tree's size of free space.
 W=$(mktemp -d "${BENCH_DIR:-/dev/shm}/gantry-bench-unpack.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 export GANTRY_HOME=$W/home
@@ -31,9 +32,12 @@ size=$(du -sm "$TREE" | cut -f1)
 
 secs() { /usr/bin/time -f "%e" -o "$W/t" "$@" > /dev/null 2>"$W/err" || { cat "$W/err" >&2; exit 1; }; cat "$W/t"; }
 median() { sort -n | sed -n "$(( (REPEAT + 1) / 2 ))p"; }
-sync
-gantry_unpack=$(for _ in $(seq "$REPEAT"); do rm -rf "$W/rootfs"; secs "$G" -q unpack "oci:$W/image:t" "$W/rootfs"; done | median)
-umoci_unpack=$(for _ in $(seq "$REPEAT"); do rm -rf "$W/bundle"; secs umoci unpack --image "$W/image:t" "$W/bundle"; done | median)
+# Every round unpacks into a new directory and nothing is deleted until the end: on ext4,
+# creating files right after a large tree was deleted is slow (the inode allocator's
+# recently-deleted check), which would measure the cleanup rather than the unpackers. Dirty
+# pages are flushed before each round, outside the timing.
+gantry_unpack=$(for i in $(seq "$REPEAT"); do sync; secs "$G" -q unpack "oci:$W/image:t" "$W/rootfs$i"; done | median)
+umoci_unpack=$(for i in $(seq "$REPEAT"); do sync; secs umoci unpack --image "$W/image:t" "$W/bundle$i"; done | median)
 
 # A busybox image for the run overhead.
 bb=$(command -v busybox)
