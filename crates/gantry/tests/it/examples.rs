@@ -57,7 +57,10 @@ fn examples_build_and_run() {
     let out = run_image(&t, "examples/static-binary/gantry-out/busybox:latest", "b1");
     assert_eq!(out.trim(), "hello from busybox");
     let out = run_image(&t, "examples/build-step/gantry-out/app:latest", "b3");
-    assert_eq!(out, "daemonless\ngantry\nreproducible\n3\nready\nmotd removed\n");
+    assert_eq!(
+        out,
+        "daemonless\ngantry\nreproducible\n3\nready\nmotd removed\n"
+    );
     let out = run_image(&t, "examples/app/gantry-out/app:latest", "b2");
     assert_eq!(
         out,
