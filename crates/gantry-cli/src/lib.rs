@@ -53,6 +53,14 @@ pub struct GlobalArgs {
     /// first that works here).
     #[arg(long, global = true, env = "GANTRY_RUNTIME", value_name = "RUNTIME")]
     pub runtime: Option<String>,
+    /// A registry repository (host[:port]/path) to read layer and step results from before
+    /// building them (read-only). Overrides `cache-from` in [settings].
+    #[arg(long, global = true, value_name = "REPO")]
+    pub cache_from: Option<String>,
+    /// A registry repository to read results from and write local results back to.
+    /// Overrides `cache-to` in [settings].
+    #[arg(long, global = true, value_name = "REPO")]
+    pub cache_to: Option<String>,
 }
 
 /// gantry's commands.

@@ -25,6 +25,7 @@ use gantry_store::{Layout, Store};
 use serde::Serialize;
 
 use crate::Context;
+use crate::remote_cache::RemoteCache;
 use crate::util::parallel_map;
 
 /// What a build did.
@@ -58,6 +59,10 @@ pub struct CacheSummary {
     pub stat_hits: u64,
     /// Input files that were read and hashed.
     pub stat_misses: u64,
+    /// Layers and steps taken from the remote cache (no blob downloaded).
+    pub remote_hits: usize,
+    /// Bytes moved to and from the remote cache registry (entries and uploaded blobs).
+    pub remote_bytes: u64,
 }
 
 /// One layer target's result.
@@ -72,8 +77,10 @@ pub struct LayerOutcome {
     pub size: u64,
     /// Media type.
     pub media_type: String,
-    /// Whether it came from the cache.
+    /// Whether it came from the local cache.
     pub cache_hit: bool,
+    /// Whether it came from the remote cache.
+    pub remote_hit: bool,
     /// Milliseconds after the build started.
     pub started_ms: u64,
     /// Milliseconds after the build started.
@@ -168,7 +175,8 @@ struct PlannedLayer {
 
 /// What a finished target hands to the targets that depend on it.
 enum Finished {
-    Layer(LayerInfo, bool, LayerOutcome),
+    /// A layer or step result: its info, whether the local cache had it, where its blob is.
+    Layer(Box<(LayerInfo, bool, BlobSource, LayerOutcome)>),
     Image(Box<(Image, Digest, Built)>, ImageOutcome),
 }
 
@@ -299,6 +307,20 @@ pub fn build(
         "layers planned and bases loaded at {:.1?}",
         started.elapsed()
     );
+    let remote = if ctx.cache_to.is_some()
+        || ctx.cache_from.is_some()
+        || project.settings.cache_to.is_some()
+        || project.settings.cache_from.is_some()
+    {
+        let client = match &registry {
+            Some(c) => c,
+            None => registry.insert(crate::registry::client(ctx, Some(project))?),
+        };
+        RemoteCache::configured(ctx, Some(&project.settings), client)?
+    } else {
+        None
+    };
+    let remote = remote.as_ref();
     let cache = ActionCache::open(store.root())?;
     let stat = Mutex::new(StatCache::load(store.root(), &project.dir));
     tracing::debug!("store and caches opened at {:.1?}", started.elapsed());
@@ -356,7 +378,7 @@ pub fn build(
     tracing::debug!("cache keys computed at {:.1?}", started.elapsed());
 
     // Phase 3: run.
-    let mut layers_done: HashMap<String, (LayerInfo, bool)> = HashMap::new();
+    let mut layers_done: HashMap<String, (LayerInfo, bool, BlobSource)> = HashMap::new();
     let mut images_done: HashMap<String, (Image, Digest)> = HashMap::new();
     let mut report = BuildReport {
         project: project.file.display().to_string(),
@@ -401,7 +423,8 @@ pub fn build(
                         let (store, cache, stat) = (&store, &cache, &stat);
                         let name = name.clone();
                         scope.spawn(move || {
-                            let r = run_layer(ctx, store, cache, stat, &name, &job, started);
+                            let r =
+                                run_layer(ctx, store, cache, stat, remote, &name, &job, started);
                             let _ = tx.send((TargetRef::Layer(name), r));
                         });
                     }
@@ -418,10 +441,10 @@ pub fn build(
                         };
                         let mut bad = None;
                         for l in &step.layers {
-                            let (info, _) = &layers_done[l];
+                            let (info, _, source) = &layers_done[l];
                             if let Err(e) = image.push_layer(
                                 info,
-                                BlobSource::Store,
+                                source.clone(),
                                 &created,
                                 &format!("layer {l}"),
                             ) {
@@ -434,8 +457,8 @@ pub fn build(
                             let r = match bad {
                                 Some(e) => Err(e.into()),
                                 None => run_step_target(
-                                    ctx, store, cache, stat, registry, step, image, created,
-                                    started,
+                                    ctx, store, cache, stat, registry, remote, step, image,
+                                    created, started,
                                 ),
                             };
                             let _ = tx.send((TargetRef::Step(step.name.clone()), r));
@@ -452,12 +475,12 @@ pub fn build(
                                 Image::on_top_of(p, d.clone())
                             }
                         };
-                        let layers: Vec<(String, LayerInfo, bool)> = img
+                        let layers: Vec<(String, LayerInfo, bool, BlobSource)> = img
                             .layers
                             .iter()
                             .map(|l| {
-                                let (info, hit) = &layers_done[l];
-                                (l.clone(), info.clone(), *hit)
+                                let (info, hit, source) = &layers_done[l];
+                                (l.clone(), info.clone(), *hit, source.clone())
                             })
                             .collect();
                         let (store, stat, created, git_info) = (&store, &stat, &created, &git_info);
@@ -478,19 +501,28 @@ pub fn build(
             let (target, result) = rx.recv().expect("a worker holds a sender");
             running -= 1;
             match result {
-                Ok(Finished::Layer(info, hit, outcome)) => {
+                Ok(Finished::Layer(done)) => {
+                    let (info, hit, source, outcome) = *done;
                     ctx.reporter.event(&format!(
                         "{target}: {} {}",
-                        if hit { "cached" } else { "built" },
+                        if outcome.remote_hit {
+                            "from the remote cache"
+                        } else if hit {
+                            "cached"
+                        } else {
+                            "built"
+                        },
                         info.digest.short()
                     ));
-                    if hit {
+                    if outcome.remote_hit {
+                        report.cache.remote_hits += 1;
+                    } else if hit {
                         report.cache.hits += 1;
                     } else {
                         report.cache.misses += 1;
                     }
                     report.layers.push(outcome);
-                    layers_done.insert(target.name().to_owned(), (info, hit));
+                    layers_done.insert(target.name().to_owned(), (info, hit, source));
                 }
                 Ok(Finished::Image(image, outcome)) => {
                     ctx.reporter.event(&format!(
@@ -522,6 +554,7 @@ pub fn build(
         .map_err(|_| anyhow!("stat cache lock poisoned"))?;
     report.cache.stat_hits = stat.hits();
     report.cache.stat_misses = stat.misses();
+    report.cache.remote_bytes = remote.map_or(0, RemoteCache::bytes);
     if let Err(e) = stat.save() {
         ctx.reporter
             .warn(&format!("cannot save the stat cache: {e}"));
@@ -542,11 +575,13 @@ fn image_platform(img: &ImageTarget) -> Platform {
     img.platform.clone().unwrap_or_else(Platform::host)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_layer(
     ctx: &Context,
     store: &Store,
     cache: &ActionCache,
     stat: &Mutex<StatCache>,
+    remote: Option<&RemoteCache>,
     name: &str,
     job: &PlannedLayer,
     build_started: Instant,
@@ -571,6 +606,11 @@ fn run_layer(
             }
         }
     }
+    if hit.is_none()
+        && let Some((r, info)) = remote.and_then(|r| Some((r, r.lookup(ctx, &job.key, &label)?)))
+    {
+        return Ok(remote_hit(name, info, r, started_ms, build_started));
+    }
     let (info, cache_hit) = match hit {
         Some(info) => (info, true),
         None => {
@@ -580,16 +620,51 @@ fn run_layer(
             (info, false)
         }
     };
+    if let Some(r) = remote {
+        r.write_back(ctx, store, &job.key, &info);
+    }
     let outcome = LayerOutcome {
         name: name.to_owned(),
         digest: info.digest.clone(),
         size: info.size,
         media_type: info.media_type.clone(),
         cache_hit,
+        remote_hit: false,
         started_ms,
         finished_ms: millis(build_started),
     };
-    Ok(Finished::Layer(info, cache_hit, outcome))
+    Ok(Finished::Layer(Box::new((
+        info,
+        cache_hit,
+        BlobSource::Store,
+        outcome,
+    ))))
+}
+
+/// A layer or step result taken from the remote cache: its blob stays in the cache repository
+/// until a sink needs it.
+fn remote_hit(
+    name: &str,
+    info: LayerInfo,
+    remote: &RemoteCache,
+    started_ms: u64,
+    build_started: Instant,
+) -> Finished {
+    let outcome = LayerOutcome {
+        name: name.to_owned(),
+        digest: info.digest.clone(),
+        size: info.size,
+        media_type: info.media_type.clone(),
+        cache_hit: false,
+        remote_hit: true,
+        started_ms,
+        finished_ms: millis(build_started),
+    };
+    let source = BlobSource::Registry {
+        registry: remote.registry().to_owned(),
+        repository: remote.repository().to_owned(),
+    };
+    Finished::Layer(Box::new((info, false, source, outcome)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -599,6 +674,7 @@ fn run_step_target(
     cache: &ActionCache,
     stat: &Mutex<StatCache>,
     registry: Option<&gantry_registry::Client>,
+    remote: Option<&RemoteCache>,
     step: &gantry_project::StepTarget,
     image: Image,
     created: &str,
@@ -610,17 +686,40 @@ fn run_step_target(
         image,
         created: created.to_owned(),
     };
-    let (info, hit) = crate::step::run_step(ctx, store, cache, stat, registry, &job)?;
+    let key = job.key()?;
+    let label = format!("step.{}", step.name);
+    let local = crate::step::cached_step(ctx, store, cache, stat, &key, &label)?;
+    if local.is_none()
+        && let Some((r, info)) = remote.and_then(|r| Some((r, r.lookup(ctx, &key, &label)?)))
+    {
+        return Ok(remote_hit(&step.name, info, r, started_ms, build_started));
+    }
+    let (info, hit) = match local {
+        Some(info) => (info, true),
+        None => (
+            crate::step::run_step(ctx, store, cache, registry, &job, &key)?,
+            false,
+        ),
+    };
+    if let Some(r) = remote {
+        r.write_back(ctx, store, &key, &info);
+    }
     let outcome = LayerOutcome {
         name: step.name.clone(),
         digest: info.digest.clone(),
         size: info.size,
         media_type: info.media_type.clone(),
         cache_hit: hit,
+        remote_hit: false,
         started_ms,
         finished_ms: millis(build_started),
     };
-    Ok(Finished::Layer(info, hit, outcome))
+    Ok(Finished::Layer(Box::new((
+        info,
+        hit,
+        BlobSource::Store,
+        outcome,
+    ))))
 }
 
 /// Whether every output blob of a cache entry is in the store with the right content (checked
@@ -648,7 +747,7 @@ fn run_image(
     registry: Option<&gantry_registry::Client>,
     target: &ImageTarget,
     mut image: Image,
-    layers: &[(String, LayerInfo, bool)],
+    layers: &[(String, LayerInfo, bool, BlobSource)],
     created: &str,
     epoch: i64,
     git_info: &GitInfo,
@@ -664,8 +763,8 @@ fn run_image(
     }
     image.artifact_type.clone_from(&target.artifact_type);
     image.annotations.clone_from(&target.annotations);
-    for (name, info, _) in layers {
-        image.push_layer(info, BlobSource::Store, created, &format!("layer.{name}"))?;
+    for (name, info, _, source) in layers {
+        image.push_layer(info, source.clone(), created, &format!("layer.{name}"))?;
     }
     let mut edits = target.edits.clone();
     for (key, value) in auto_labels(target, epoch, git_info, ctx)? {
@@ -716,10 +815,10 @@ fn run_image(
             .map(|(i, l)| {
                 let own = i.checked_sub(base_layers).and_then(|j| layers.get(j));
                 ImageLayer {
-                    name: own.map(|(n, _, _)| n.clone()),
+                    name: own.map(|(n, _, _, _)| n.clone()),
                     digest: l.descriptor.digest.clone(),
                     size: l.descriptor.size,
-                    cache_hit: own.map(|(_, _, h)| *h),
+                    cache_hit: own.map(|(_, _, h, _)| *h),
                 }
             })
             .collect(),

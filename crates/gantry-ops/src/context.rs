@@ -45,6 +45,10 @@ pub struct Context {
     pub registry: RegistryOptions,
     /// The OCI runtime asked for (`--runtime`, `GANTRY_RUNTIME`); `None` detects one.
     pub runtime: Option<String>,
+    /// `--cache-from`: a registry repository read for cache entries.
+    pub cache_from: Option<String>,
+    /// `--cache-to`: a registry repository read and written for cache entries.
+    pub cache_to: Option<String>,
 }
 
 /// Registry options from the command line (a project's settings add to them).
@@ -99,6 +103,8 @@ impl Context {
             reporter,
             registry: RegistryOptions::default(),
             runtime: None,
+            cache_from: None,
+            cache_to: None,
         })
     }
 

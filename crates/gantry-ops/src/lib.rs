@@ -41,6 +41,7 @@ pub mod ls;
 pub mod maintenance;
 pub mod push;
 pub mod registry;
+pub mod remote_cache;
 pub mod run;
 mod step;
 mod target;

@@ -388,35 +388,46 @@ impl StepJob<'_> {
     }
 }
 
-/// Runs a step (or takes its layer from the cache) and returns its layer and whether it was
-/// a cache hit.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_step(
+/// The layer of a step from the local action cache, if its entry and blob are intact (a
+/// damaged entry is removed, with its blob).
+pub(crate) fn cached_step(
     ctx: &Context,
     store: &Store,
     cache: &ActionCache,
     stat: &Mutex<StatCache>,
+    key: &CacheKey,
+    label: &str,
+) -> Result<Option<LayerInfo>> {
+    let Some(entry) = cache.get::<LayerInfo>(key)? else {
+        return Ok(None);
+    };
+    let consistent = entry.outputs.len() == 1 && entry.outputs[0] == entry.value.descriptor();
+    if consistent && crate::build::outputs_intact(store, stat, &entry.outputs) {
+        let _ = cache.touch(key);
+        return Ok(Some(entry.value));
+    }
+    ctx.reporter.warn(&format!(
+        "{label}: the cache entry refers to a missing or damaged blob; running the step again"
+    ));
+    let _ = cache.remove(key);
+    for d in &entry.outputs {
+        store.remove_corrupt_blob(&d.digest)?;
+    }
+    Ok(None)
+}
+
+/// Runs a step, writes its layer into the store and the action cache under `key`, and
+/// returns the layer.
+pub(crate) fn run_step(
+    ctx: &Context,
+    store: &Store,
+    cache: &ActionCache,
     client: Option<&Client>,
     job: &StepJob<'_>,
-) -> Result<(LayerInfo, bool)> {
+    key: &CacheKey,
+) -> Result<LayerInfo> {
     let s = job.step;
     let label = format!("step.{}", s.name);
-    let key = job.key()?;
-    if let Some(entry) = cache.get::<LayerInfo>(&key)? {
-        let consistent = entry.outputs.len() == 1 && entry.outputs[0] == entry.value.descriptor();
-        if consistent && crate::build::outputs_intact(store, stat, &entry.outputs) {
-            let _ = cache.touch(&key);
-            return Ok((entry.value, true));
-        }
-        ctx.reporter.warn(&format!(
-            "{label}: the cache entry refers to a missing or damaged blob; running the step again"
-        ));
-        let _ = cache.remove(&key);
-        for d in &entry.outputs {
-            store.remove_corrupt_blob(&d.digest)?;
-        }
-    }
-
     let runtime = runtime(ctx)?;
     let lower = cached_rootfs(
         store,
@@ -531,8 +542,8 @@ pub(crate) fn run_step(
             crate::layer::build_layer(ctx, store, &plan(recipe), &label)?.0
         }
     };
-    cache.put(&key, &info, &[info.descriptor()])?;
-    Ok((info, false))
+    cache.put(key, &info, &[info.descriptor()])?;
+    Ok(info)
 }
 
 /// The user namespace maps when gantry runs as an unprivileged user (the caller becomes root

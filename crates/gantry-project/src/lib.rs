@@ -67,6 +67,10 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     /// Extra CA files (absolute) per registry host.
     pub registry_ca: BTreeMap<String, PathBuf>,
+    /// Remote cache repository to read (`cache-from`).
+    pub cache_from: Option<Reference>,
+    /// Remote cache repository to read and write (`cache-to`).
+    pub cache_to: Option<Reference>,
 }
 
 /// A `[pull.NAME]` target: an image in a registry.
@@ -763,7 +767,27 @@ fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Sett
             None
         }
     });
+    let mut cache_repo = |key: &str, value: &Option<String>| {
+        value.as_ref().and_then(|v| match Reference::parse(v) {
+            Ok(r) if r.tag().is_none() && r.digest().is_none() => Some(r),
+            Ok(_) => {
+                c.report(
+                    kp(&["settings", key]),
+                    "give a repository (host/path), without a tag or digest",
+                );
+                None
+            }
+            Err(e) => {
+                c.report(kp(&["settings", key]), e.to_string());
+                None
+            }
+        })
+    };
+    let cache_from = cache_repo("cache-from", &s.cache_from);
+    let cache_to = cache_repo("cache-to", &s.cache_to);
     Settings {
+        cache_from,
+        cache_to,
         source_date_epoch,
         output_dir: dir.join(s.output_dir.as_deref().unwrap_or(DEFAULT_OUTPUT_DIR)),
         platform,

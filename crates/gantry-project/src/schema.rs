@@ -115,6 +115,10 @@ pub struct SettingsSpec {
     pub registry_ca: BTreeMap<String, String>,
     /// Leave registry-only base layers out of output layouts (default true).
     pub shallow: Option<bool>,
+    /// A registry repository read for remote cache entries.
+    pub cache_from: Option<String>,
+    /// A registry repository read and written for remote cache entries.
+    pub cache_to: Option<String>,
 }
 
 /// `source-date-epoch`: seconds or `"git"`.

@@ -420,3 +420,35 @@ layers = ["s"]
         "{e:#?}"
     );
 }
+
+#[test]
+fn remote_cache_settings_are_repositories() {
+    let d = dir_with_files();
+    let p = load(
+        d.path(),
+        "[settings]\ncache-to = \"registry.example.com/team/cache\"\ncache-from = \"localhost:5000/c\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        p.settings
+            .cache_to
+            .as_ref()
+            .map(|r| r.repository().to_owned()),
+        Some("team/cache".to_owned())
+    );
+    assert_eq!(
+        p.settings
+            .cache_from
+            .as_ref()
+            .map(|r| r.registry().to_owned()),
+        Some("localhost:5000".to_owned())
+    );
+    let e = errors(
+        d.path(),
+        "[settings]\ncache-to = \"registry.example.com/c:tag\"\n",
+    );
+    assert!(
+        e[0].starts_with("gantry.toml:2:1: settings.cache-to: give a repository"),
+        "{e:?}"
+    );
+}

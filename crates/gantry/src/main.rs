@@ -82,6 +82,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         auth_file: cli.global.authfile.as_ref().map(|p| ctx.abs(p)),
     };
     ctx.runtime.clone_from(&cli.global.runtime);
+    ctx.cache_from.clone_from(&cli.global.cache_from);
+    ctx.cache_to.clone_from(&cli.global.cache_to);
     match &cli.command {
         Command::Layer(args) => {
             let r = gantry_ops::layer::run(&ctx, args)?;

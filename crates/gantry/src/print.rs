@@ -322,8 +322,17 @@ pub(crate) fn build(r: &BuildReport, json: bool, quiet: bool) -> Result<()> {
         )?;
     }
     if !quiet {
+        let remote = if r.cache.remote_hits > 0 || r.cache.remote_bytes > 0 {
+            format!(
+                ", {} from the remote cache ({} moved)",
+                r.cache.remote_hits,
+                human_bytes(r.cache.remote_bytes)
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{} layer(s) from the cache, {} built; {} input file(s) rehashed; {:.2} s",
+            "{} layer(s) from the cache{remote}, {} built; {} input file(s) rehashed; {:.2} s",
             r.cache.hits,
             r.cache.misses,
             r.cache.stat_misses,

@@ -12,6 +12,7 @@ mod project;
 mod registry;
 mod registry_auth;
 mod registry_faults;
+mod remote_cache;
 mod reproducibility;
 mod steps;
 mod store;

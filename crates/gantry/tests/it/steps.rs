@@ -550,3 +550,66 @@ capture = "diff"
         assert!(listing.contains(want), "{want} in\n{listing}");
     }
 }
+
+/// Steps share through the remote cache too: a second machine with an empty store takes both
+/// step layers from the registry and never starts the runtime, and gets the same image.
+#[test]
+fn steps_come_from_the_remote_cache_on_another_machine() {
+    use gantry_test::registry::{Registry, RegistryOptions};
+    let reg = Registry::start(RegistryOptions::plain());
+    let host = reg.host();
+    let cache = format!("{host}/cache");
+    let a = crate::env();
+    let rt_a = runtime_wrapper(&a);
+    project(&a, STEPS);
+    let first = gantry_test::json(&ok(gantry(
+        &a,
+        &rt_a,
+        &[
+            "--insecure-registry",
+            &host,
+            "--cache-to",
+            &cache,
+            "build",
+            "--json",
+        ],
+    )));
+    assert_eq!(runs(&a), 2);
+
+    let b = crate::env();
+    let rt_b = runtime_wrapper(&b);
+    project(&b, STEPS);
+    let second = gantry_test::json(&ok(gantry(
+        &b,
+        &rt_b,
+        &[
+            "--insecure-registry",
+            &host,
+            "--cache-from",
+            &cache,
+            "build",
+            "--json",
+        ],
+    )));
+    assert_eq!(runs(&b), 0, "no step ran on the second machine");
+    assert_eq!(second["cache"]["misses"], 0, "{second}");
+    let remote: Vec<&str> = second["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["remoteHit"] == true)
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    for step in ["compile", "change"] {
+        assert!(remote.contains(&step), "{step} in {second}");
+    }
+    let digests = |s: &serde_json::Value| {
+        s["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["name"].clone(), i["digest"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(digests(&first), digests(&second));
+}
