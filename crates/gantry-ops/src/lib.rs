@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `gantry` | the binary: argument parsing, logging, progress bars, printing |
 //! | `gantry-cli` | clap definitions only |
-//! | `gantry-ops` | this crate: one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`]); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching) |
+//! | `gantry-ops` | this crate: one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`], [`run`] (run, unpack)); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching); `step` runs build steps; [`remote_cache`] keeps action-cache entries in a registry |
 //! | `gantry-project` | gantry.toml: schema, validation with file:line:column, the target graph |
 //! | `gantry-cache` | the action cache (key → outputs) and the stat cache (file → digest) |
 //! | `gantry-oci` | digests, descriptors, media types, references, manifests, configs, canonical JSON |
@@ -15,6 +15,8 @@
 //! | `gantry-store` | the blob store under `$GANTRY_HOME`, OCI layouts, archives, refs, gc, fsck |
 //! | `gantry-image` | the lazy image model: bases, layer refs, config edits, manifest output |
 //! | `gantry-registry` | the distribution client: auth, credentials, manifests, blobs, uploads, mounts, retries |
+//! | `gantry-unpack` | hostile-tar extraction into a rootfs, the rootfs cache |
+//! | `gantry-runtime` | OCI runtime bundles, crun/runc, rootless id maps, overlay or copy rootfs |
 //!
 //! # Files on disk
 //!
@@ -24,7 +26,8 @@
 //! | `$GANTRY_HOME/refs-v1/<kind>/<hash>.json` | GC roots: `Store::set_ref`, written by [`layer`] and [`image`] for their outputs |
 //! | `$GANTRY_HOME/cache-v1/<xx>/<key>.json` | `gantry_cache::ActionCache`: layer cache entries, written by [`build`] |
 //! | `$GANTRY_HOME/stat-v1/<scope>` | `gantry_cache::StatCache`: input digests by file state, one file per project |
-//! | `$GANTRY_HOME/tmp/s-*` | per-process temp dirs, cleaned by the next open |
+//! | `$GANTRY_HOME/rootfs/v1/<alg>-<hex>/rootfs` | `gantry_unpack::RootfsCache`: unpacked images by chain id, for steps and `gantry run` |
+//! | `$GANTRY_HOME/tmp/s-*` | per-process temp dirs (also step scratch: overlays, bundles), cleaned by the next open |
 //! | `gantry.lock` (next to gantry.toml) | `gantry_project::Lock`: pinned tags, written by [`lock`] |
 //! | `$GANTRY_HOME/locks/*.lock` | cross-process locks |
 //! | layer info JSON (`gantry layer --info`) | `gantry_layer::LayerInfo` |
