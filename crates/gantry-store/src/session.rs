@@ -66,10 +66,64 @@ pub(crate) fn remove_leftovers(tmp: &Path, own: &Path) -> Result<u64> {
     let mut removed = 0;
     for path in leftovers(tmp, own)? {
         tracing::debug!(path = %path.display(), "removing leftover temp entry");
-        remove_any(&path)?;
-        removed += 1;
+        // A process killed during a build step can leave its overlay mounted here: detach it
+        // first, or the removal would walk into the mount and then fail on the busy mount
+        // point.
+        unmount_under(&path);
+        // A leftover that cannot be removed must not stop the store from opening.
+        match remove_any(&path) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!("cannot remove the leftover {}: {e}", path.display()),
+        }
     }
     Ok(removed)
+}
+
+/// Lazily unmounts every mount at or below `dir` (deepest first), as far as this process is
+/// allowed to; mounts are read from `/proc/self/mountinfo`.
+fn unmount_under(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for p in points {
+        match rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH) {
+            Ok(()) => tracing::debug!(mount = %p.display(), "unmounted a leftover mount"),
+            Err(e) => tracing::debug!(mount = %p.display(), error = %e, "cannot unmount"),
+        }
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mount_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = (b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)))
+        .then(|| {
+            b[i + 1..i + 4]
+                .iter()
+                .fold(0u16, |n, c| n * 8 + u16::from(c - b'0'))
+        })
+        .and_then(|n| u8::try_from(n).ok());
+        if let Some(byte) = octal {
+            out.push(byte);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether `path` is a session directory whose lock is held by a live store.
@@ -98,6 +152,15 @@ fn is_live_session(path: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path(r"/a\040b/c"), "/a b/c");
+        assert_eq!(unescape_mount_path(r"/x\134y"), "/x\\y");
+        assert_eq!(unescape_mount_path(r"/plain"), "/plain");
+        assert_eq!(unescape_mount_path(r"/end\04"), r"/end\04");
+        assert_eq!(unescape_mount_path(r"/big\777"), r"/big\777");
+    }
 
     #[test]
     fn live_sessions_are_kept_dead_ones_and_strays_listed() {

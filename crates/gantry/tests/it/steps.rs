@@ -613,3 +613,53 @@ fn steps_come_from_the_remote_cache_on_another_machine() {
     };
     assert_eq!(digests(&first), digests(&second));
 }
+
+/// Regression: gantry killed (SIGKILL) while a step ran left the step's overlay mounted in
+/// its session directory, and the next gantry could not open the store ("Device or resource
+/// busy"). The next open now detaches leftover mounts before removing the directory.
+#[test]
+fn a_step_killed_mid_run_leaves_a_usable_store() {
+    let t = crate::env();
+    let rt = runtime_wrapper(&t);
+    project(
+        &t,
+        r#"
+[step.slow]
+base = "base"
+script = "sleep 4"
+capture = "diff"
+"#,
+    );
+    let home = t.home();
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(home.to_str().unwrap()))
+            .count()
+    };
+    let mut child = t
+        .gantry()
+        .arg("--runtime")
+        .arg(&rt)
+        .args(["build", "slow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while runs(&t) == 0 || mounted() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(mounted() > 0, "the killed build left its overlay mounted");
+    ok(gantry(&t, &rt, &["build", "base"]));
+    assert_eq!(mounted(), 0, "the next run detached the leftover mount");
+    // The step still builds afterwards, from the same (intact) rootfs cache.
+    ok(gantry(&t, &rt, &["build", "slow"]));
+}
