@@ -515,8 +515,8 @@ pub struct GcArgs {
     /// Report what would be removed without removing it.
     #[arg(long)]
     pub dry_run: bool,
-    /// Keep build-cache entries used within this many days (and their blobs); older entries
-    /// are dropped. 0 drops the whole build cache.
+    /// Keep build-cache entries and unpacked images used within this many days (and their
+    /// blobs); older ones are dropped. 0 drops the whole build cache and every unpacked image.
     #[arg(long, default_value_t = 7, value_name = "DAYS")]
     pub keep_cache: u64,
 }

@@ -19,10 +19,13 @@ pub struct GcResult {
     pub store: GcReport,
     /// Build-cache entries dropped (or that would be, in a dry run).
     pub cache_entries_dropped: usize,
+    /// Unpacked images (rootfs cache entries) removed (or that would be).
+    pub rootfs_entries_dropped: usize,
 }
 
-/// Runs `gantry gc`: drops build-cache entries unused for `keep_cache_days`, then removes every
-/// blob that neither an output nor a remaining cache entry refers to.
+/// Runs `gantry gc`: drops build-cache entries and unpacked images unused for
+/// `keep_cache_days`, then removes every blob that neither an output nor a remaining cache
+/// entry refers to.
 pub fn gc(ctx: &Context, dry_run: bool, keep_cache_days: u64) -> Result<GcResult> {
     let mut store = ctx.store()?;
     let keep = Duration::from_secs(keep_cache_days.saturating_mul(86_400));
@@ -48,6 +51,14 @@ pub fn gc(ctx: &Context, dry_run: bool, keep_cache_days: u64) -> Result<GcResult
             dropped = dropped.max(pruned);
         }
     }
+    // Unpacked images unused for as long: gc holds the store's exclusive lock, so no step or
+    // `gantry run` is using one.
+    let rootfs_dir = store.root().join(crate::step::ROOTFS_CACHE_DIR);
+    let rootfs_entries_dropped = if rootfs_dir.is_dir() {
+        gantry_unpack::RootfsCache::open(&rootfs_dir)?.prune(keep, dry_run)?
+    } else {
+        0
+    };
     let report = store.gc(&GcOptions {
         dry_run,
         extra_roots: roots,
@@ -55,5 +66,6 @@ pub fn gc(ctx: &Context, dry_run: bool, keep_cache_days: u64) -> Result<GcResult
     Ok(GcResult {
         store: report,
         cache_entries_dropped: dropped,
+        rootfs_entries_dropped,
     })
 }

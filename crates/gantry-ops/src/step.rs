@@ -42,10 +42,13 @@ pub(crate) fn runtime(ctx: &Context) -> Result<Runtime> {
     Ok(Runtime::detect(ctx.runtime.as_deref())?)
 }
 
+/// The rootfs cache's directory in the store.
+pub(crate) const ROOTFS_CACHE_DIR: &str = "rootfs";
+
 /// The rootfs cache of the store.
 pub(crate) fn rootfs_cache(store: &Store) -> Result<gantry_unpack::RootfsCache> {
     Ok(gantry_unpack::RootfsCache::open(
-        &store.root().join("rootfs"),
+        &store.root().join(ROOTFS_CACHE_DIR),
     )?)
 }
 

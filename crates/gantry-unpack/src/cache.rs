@@ -114,10 +114,11 @@ impl RootfsCache {
             reason: e.to_string(),
         })?;
         let rootfs = self.rootfs_path(&digest);
+        let key = Self::key(&digest);
         if rootfs.is_dir() {
+            self.touch(&key);
             return Ok(rootfs);
         }
-        let key = Self::key(&digest);
         let lock_path = self.dir.join(format!("{key}{LOCK_SUFFIX}"));
         let lock = OpenOptions::new()
             .create(true)
@@ -196,6 +197,58 @@ impl RootfsCache {
                 .map_err(io_err("create", &tmp))?;
             return Ok((tmp, lock_path, lock));
         }
+    }
+
+    /// Records a use of entry `key` (the mtime of its lock file), for [`RootfsCache::prune`].
+    fn touch(&self, key: &str) {
+        let lock_path = self.dir.join(format!("{key}{LOCK_SUFFIX}"));
+        if let Ok(f) = OpenOptions::new().write(true).open(&lock_path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Removes the entries not used for `unused_for` (by the mtime of their lock file, which
+    /// each use refreshes) and returns how many there were; with `dry_run`, only counts them.
+    /// An entry being unpacked (its lock held) is left alone.
+    pub fn prune(&self, unused_for: std::time::Duration, dry_run: bool) -> Result<usize> {
+        let now = std::time::SystemTime::now();
+        let dir = open_dir_path(&self.dir).map_err(io_err("open", &self.dir))?;
+        let names = list_dir(dir.as_fd()).map_err(io_err("list", &self.dir))?;
+        let mut pruned = 0;
+        for (name, _) in names {
+            let Ok(name) = String::from_utf8(name) else {
+                continue;
+            };
+            if name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let Some(key) = name.strip_suffix(LOCK_SUFFIX) else {
+                continue;
+            };
+            let lock_path = self.dir.join(&name);
+            let Ok(lock) = OpenOptions::new().write(true).open(&lock_path) else {
+                continue;
+            };
+            let last_used = lock.metadata().and_then(|m| m.modified());
+            let Ok(last_used) = last_used else { continue };
+            if now.duration_since(last_used).unwrap_or_default() <= unused_for {
+                continue;
+            }
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => continue,
+                Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
+            }
+            pruned += 1;
+            if dry_run {
+                continue;
+            }
+            let entry = self.dir.join(key);
+            remove_any(dir.as_fd(), key.as_bytes()).map_err(io_err("remove", &entry))?;
+            let _ = std::fs::remove_file(&lock_path);
+            tracing::debug!(path = %entry.display(), "pruned an unused rootfs");
+        }
+        Ok(pruned)
     }
 
     fn discard(&self, tmp: &Path) {

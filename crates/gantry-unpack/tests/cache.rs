@@ -206,3 +206,36 @@ fn failures_leave_nothing_behind() {
         .get_or_unpack(CHAIN, || Ok(layers_of(layer())), &opts())
         .unwrap();
 }
+
+#[test]
+fn entries_unused_for_long_are_pruned_and_used_ones_kept() {
+    const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    let dir = tempfile::tempdir().unwrap();
+    let cache = RootfsCache::open(dir.path()).unwrap();
+    let old = cache
+        .get_or_unpack(CHAIN, || Ok(layers_of(layer())), &opts())
+        .unwrap();
+    let fresh = cache
+        .get_or_unpack(OTHER, || Ok(layers_of(layer())), &opts())
+        .unwrap();
+    let ten_days_ago = filetime::FileTime::from_system_time(
+        std::time::SystemTime::now() - Duration::from_secs(10 * 86_400),
+    );
+    let lock_of = |c: &str| cache.dir().join(format!("sha256-{}.lock", &c[7..]));
+    filetime::set_file_mtime(lock_of(CHAIN), ten_days_ago).unwrap();
+    filetime::set_file_mtime(lock_of(OTHER), ten_days_ago).unwrap();
+    // A use refreshes the entry.
+    cache
+        .get_or_unpack(OTHER, || panic!("cached"), &opts())
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(cache.prune(day, true).unwrap(), 1, "dry run counts");
+    assert!(old.is_dir(), "a dry run removes nothing");
+    assert_eq!(cache.prune(day, false).unwrap(), 1);
+    assert!(
+        !old.exists() && !lock_of(CHAIN).exists(),
+        "the unused entry is gone"
+    );
+    assert!(fresh.is_dir(), "the used entry stays");
+    assert_eq!(cache.prune(day, false).unwrap(), 0);
+}

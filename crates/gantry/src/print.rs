@@ -403,6 +403,9 @@ pub(crate) fn gc(g: &GcResult, dry_run: bool) -> Result<()> {
             g.cache_entries_dropped
         );
     }
+    if g.rootfs_entries_dropped > 0 {
+        println!("{verb} {} unused unpacked images", g.rootfs_entries_dropped);
+    }
     println!(
         "{verb} {} blobs ({}), kept {} ({}); {} stale refs dropped, {} temp entries removed",
         r.removed_blobs,

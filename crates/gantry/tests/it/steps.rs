@@ -663,3 +663,37 @@ capture = "diff"
     // The step still builds afterwards, from the same (intact) rootfs cache.
     ok(gantry(&t, &rt, &["build", "slow"]));
 }
+
+#[test]
+fn gc_drops_unpacked_images_unused_for_keep_cache_days() {
+    let t = crate::env();
+    let rt = runtime_wrapper(&t);
+    project(&t, "");
+    ok(gantry(&t, &rt, &["run", "base", "--", "true"]));
+    let entries = || {
+        fs::read_dir(t.home().join("rootfs/v1"))
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("sha256-") && !n.ends_with(".lock")
+            })
+            .count()
+    };
+    assert_eq!(entries(), 1);
+    // Used just now: a week's keep spares it.
+    ok(gantry(&t, &rt, &["gc"]));
+    assert_eq!(entries(), 1);
+    let dry = ok(gantry(&t, &rt, &["gc", "--keep-cache", "0", "--dry-run"]));
+    assert!(
+        dry.contains("would remove 1 unused unpacked images"),
+        "{dry}"
+    );
+    assert_eq!(entries(), 1);
+    let out = ok(gantry(&t, &rt, &["gc", "--keep-cache", "0"]));
+    assert!(out.contains("removed 1 unused unpacked images"), "{out}");
+    assert_eq!(entries(), 0);
+    // And the next run unpacks it again.
+    ok(gantry(&t, &rt, &["run", "base", "--", "true"]));
+    assert_eq!(entries(), 1);
+}
