@@ -20,47 +20,7 @@ export GANTRY_HOME=$W/home
 
 # A copy of the tree, so one file can be changed; spread its top two levels over 10 layers.
 cp -a "$TREE" "$W/tree"
-python3 - "$W/tree" "$W/gantry.toml" "$W/groups" <<'PY'
-import os, sys
-tree, out, groups_file = sys.argv[1:]
-def size(rel):
-    p = os.path.join(tree, rel)
-    if os.path.islink(p) or not os.path.isdir(p):
-        return os.lstat(p).st_size
-    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(p) for f in fs)
-# Split any directory bigger than a twentieth of the tree into its entries, so 10 layers can
-# be balanced.
-limit = size(".") / 20
-entries, todo = [], sorted(os.listdir(tree))
-while todo:
-    rel = todo.pop(0)
-    p = os.path.join(tree, rel)
-    if os.path.isdir(p) and not os.path.islink(p) and size(rel) > limit:
-        todo.extend(os.path.join(rel, c) for c in sorted(os.listdir(p)))
-    else:
-        entries.append(rel)
-# Balance by size: largest first onto the lightest group.
-groups = [[0, []] for _ in range(10)]
-for rel in sorted(entries, key=size, reverse=True):
-    g = min(groups, key=lambda g: g[0])
-    g[0] += size(rel)
-    g[1].append(rel)
-with open(out, "w") as f, open(groups_file, "w") as gf:
-    for i, (_, rels) in enumerate(groups):
-        f.write(f"[layer.l{i}]\n")
-        dirs = [r for r in rels if os.path.isdir(os.path.join(tree, r)) and not os.path.islink(os.path.join(tree, r))]
-        files = [r for r in rels if r not in dirs and not os.path.islink(os.path.join(tree, r))]
-        links = [r for r in rels if os.path.islink(os.path.join(tree, r))]
-        if dirs:
-            f.write("dirs = { " + ", ".join(f'"/usr/local/{r}" = "tree/{r}"' for r in sorted(dirs)) + " }\n")
-        if files:
-            f.write("files = { " + ", ".join(f'"/usr/local/{r}" = "tree/{r}"' for r in sorted(files)) + " }\n")
-        if links:
-            f.write("symlinks = { " + ", ".join(f'"/usr/local/{r}" = "{os.readlink(os.path.join(tree, r))}"' for r in sorted(links)) + " }\n")
-        f.write("\n")
-        gf.write(" ".join(rels) + "\n")
-    f.write("[image.python]\nplatform = \"linux/amd64\"\nlayers = [" + ", ".join(f'"l{i}"' for i in range(10)) + "]\n")
-PY
+python3 scripts/lib/split_tree.py "$W/tree" "$W/gantry.toml" "$W/groups"
 echo "tree: $TREE ($(du -sh "$TREE" | cut -f1), $(find "$TREE" | wc -l) entries); 10 layers; $(nproc) CPUs" >&2
 # Inputs older than the stat cache's 2 s racy window, as in a real checkout.
 sleep 2.1

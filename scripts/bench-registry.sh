@@ -28,29 +28,7 @@ export GANTRY_HOME=$W/home
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 HOST=127.0.0.1:$PORT
-start_registry() {
-  [ -n "$REG_PID" ] && { kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true; }
-  rm -rf "$W/registry"
-  mkdir -p "$W/registry"
-  cat > "$W/registry.yml" <<EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $W/registry
-  delete:
-    enabled: true
-http:
-  addr: $HOST
-EOF
-  docker-registry serve "$W/registry.yml" > "$W/registry.log" 2>&1 &
-  REG_PID=$!
-  for _ in $(seq 100); do curl -fsS "http://$HOST/v2/" >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "bench-registry.sh: the registry did not start" >&2; cat "$W/registry.log" >&2; exit 1
-}
+. scripts/lib/registry.sh
 start_registry
 
 # The image: LAYERS layers of 100 MB of random bytes each, built by gantry into a layout.

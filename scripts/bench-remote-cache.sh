@@ -32,76 +32,13 @@ trap cleanup EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 HOST=127.0.0.1:$PORT
 CACHE=$HOST/bench/cache
-# A fresh, empty registry (storage wiped, server restarted). Call it in this shell, not in
-# $(…), so that the registry's pid stays known to the cleanup trap.
-start_registry() {
-  [ -n "$REG_PID" ] && { kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true; }
-  rm -rf "$W/registry"
-  mkdir -p "$W/registry"
-  cat > "$W/registry.yml" <<EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $W/registry
-  delete:
-    enabled: true
-http:
-  addr: $HOST
-EOF
-  docker-registry serve "$W/registry.yml" > "$W/registry.log" 2>&1 &
-  REG_PID=$!
-  for _ in $(seq 100); do curl -fsS "http://$HOST/v2/" >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "bench-remote-cache.sh: the registry did not start" >&2; cat "$W/registry.log" >&2; exit 1
-}
+. scripts/lib/registry.sh
 
 # The project of bench-project.sh (same generation): a copy of the tree, its top two levels
 # spread over 10 balanced layers.
 mkdir -p "$W/project"
 cp -a "$TREE" "$W/project/tree"
-python3 - "$W/project/tree" "$W/project/gantry.toml" <<'PY'
-import os, sys
-tree, out = sys.argv[1:]
-def size(rel):
-    p = os.path.join(tree, rel)
-    if os.path.islink(p) or not os.path.isdir(p):
-        return os.lstat(p).st_size
-    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(p) for f in fs)
-# Split any directory bigger than a twentieth of the tree into its entries, so 10 layers can
-# be balanced.
-limit = size(".") / 20
-entries, todo = [], sorted(os.listdir(tree))
-while todo:
-    rel = todo.pop(0)
-    p = os.path.join(tree, rel)
-    if os.path.isdir(p) and not os.path.islink(p) and size(rel) > limit:
-        todo.extend(os.path.join(rel, c) for c in sorted(os.listdir(p)))
-    else:
-        entries.append(rel)
-# Balance by size: largest first onto the lightest group.
-groups = [[0, []] for _ in range(10)]
-for rel in sorted(entries, key=size, reverse=True):
-    g = min(groups, key=lambda g: g[0])
-    g[0] += size(rel)
-    g[1].append(rel)
-with open(out, "w") as f:
-    for i, (_, rels) in enumerate(groups):
-        f.write(f"[layer.l{i}]\n")
-        dirs = [r for r in rels if os.path.isdir(os.path.join(tree, r)) and not os.path.islink(os.path.join(tree, r))]
-        files = [r for r in rels if r not in dirs and not os.path.islink(os.path.join(tree, r))]
-        links = [r for r in rels if os.path.islink(os.path.join(tree, r))]
-        if dirs:
-            f.write("dirs = { " + ", ".join(f'"/usr/local/{r}" = "tree/{r}"' for r in sorted(dirs)) + " }\n")
-        if files:
-            f.write("files = { " + ", ".join(f'"/usr/local/{r}" = "tree/{r}"' for r in sorted(files)) + " }\n")
-        if links:
-            f.write("symlinks = { " + ", ".join(f'"/usr/local/{r}" = "{os.readlink(os.path.join(tree, r))}"' for r in sorted(links)) + " }\n")
-        f.write("\n")
-    f.write("[image.python]\nplatform = \"linux/amd64\"\nlayers = [" + ", ".join(f'"l{i}"' for i in range(10)) + "]\n")
-PY
+python3 scripts/lib/split_tree.py "$W/project/tree" "$W/project/gantry.toml"
 echo "tree: $TREE ($(du -sh "$TREE" | cut -f1), $(find "$TREE" | wc -l) entries); 10 layers; $(nproc) CPUs" >&2
 # Inputs older than the stat cache's 2 s racy window, as in a real checkout.
 sleep 2.1
