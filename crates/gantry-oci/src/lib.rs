@@ -24,4 +24,6 @@ pub use manifest::{
 };
 pub use media_types::Compression;
 pub use platform::{Platform, normalize_arch};
-pub use reference::{DEFAULT_REGISTRY, Reference, validate_ref_name, validate_tag};
+pub use reference::{
+    DEFAULT_REGISTRY, Reference, validate_ref_name, validate_repository, validate_tag,
+};

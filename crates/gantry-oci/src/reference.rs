@@ -252,7 +252,9 @@ fn validate_domain(domain: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_repository(repo: &str) -> Result<(), String> {
+/// Checks a repository path (`library/alpine`): `/`-separated components of lowercase letters
+/// and digits, separated inside by `.`, `_`, `__` or dashes.
+pub fn validate_repository(repo: &str) -> Result<(), String> {
     for component in repo.split('/') {
         if !valid_path_component(component) {
             return Err(format!(

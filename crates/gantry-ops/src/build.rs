@@ -588,24 +588,7 @@ fn run_layer(
 ) -> Result<Finished> {
     let started_ms = millis(build_started);
     let label = format!("layer.{name}");
-    let mut hit = None;
-    if let Some(entry) = cache.get::<LayerInfo>(&job.key)? {
-        // The entry must describe its own output, and that blob must be intact.
-        let consistent = entry.outputs.len() == 1 && entry.outputs[0] == entry.value.descriptor();
-        if consistent && outputs_intact(store, stat, &entry.outputs) {
-            let _ = cache.touch(&job.key);
-            hit = Some(entry.value);
-        } else {
-            ctx.reporter.warn(&format!(
-                "{label}: the cache entry refers to a missing or damaged blob; rebuilding"
-            ));
-            let _ = cache.remove(&job.key);
-            // A damaged blob must go, or the rebuilt one would be discarded as a duplicate.
-            for d in &entry.outputs {
-                store.remove_corrupt_blob(&d.digest)?;
-            }
-        }
-    }
+    let hit = cached_output(ctx, store, cache, stat, &job.key, &label)?;
     if hit.is_none()
         && let Some((r, info)) = remote.and_then(|r| Some((r, r.lookup(ctx, &job.key, &label)?)))
     {
@@ -688,7 +671,7 @@ fn run_step_target(
     };
     let key = job.key()?;
     let label = format!("step.{}", step.name);
-    let local = crate::step::cached_step(ctx, store, cache, stat, &key, &label)?;
+    let local = cached_output(ctx, store, cache, stat, &key, &label)?;
     if local.is_none()
         && let Some((r, info)) = remote.and_then(|r| Some((r, r.lookup(ctx, &key, &label)?)))
     {
@@ -722,9 +705,38 @@ fn run_step_target(
     ))))
 }
 
+/// The layer of a layer or step target from the local action cache, if its entry describes its
+/// own output and that blob is intact. A damaged entry is removed with its blob (or the rebuilt
+/// blob would be discarded as a duplicate of the damaged one).
+pub(crate) fn cached_output(
+    ctx: &Context,
+    store: &Store,
+    cache: &ActionCache,
+    stat: &Mutex<StatCache>,
+    key: &gantry_cache::CacheKey,
+    label: &str,
+) -> Result<Option<LayerInfo>> {
+    let Some(entry) = cache.get::<LayerInfo>(key)? else {
+        return Ok(None);
+    };
+    let consistent = entry.outputs.len() == 1 && entry.outputs[0] == entry.value.descriptor();
+    if consistent && outputs_intact(store, stat, &entry.outputs) {
+        let _ = cache.touch(key);
+        return Ok(Some(entry.value));
+    }
+    ctx.reporter.warn(&format!(
+        "{label}: the cache entry refers to a missing or damaged blob; rebuilding"
+    ));
+    let _ = cache.remove(key);
+    for d in &entry.outputs {
+        store.remove_corrupt_blob(&d.digest)?;
+    }
+    Ok(None)
+}
+
 /// Whether every output blob of a cache entry is in the store with the right content (checked
 /// through the stat cache, so an untouched blob is not rehashed).
-pub(crate) fn outputs_intact(
+fn outputs_intact(
     store: &Store,
     stat: &Mutex<StatCache>,
     outputs: &[gantry_oci::Descriptor],

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use gantry_cache::{ActionCache, CacheKey, KeyHasher, StatCache};
+use gantry_cache::{ActionCache, CacheKey, KeyHasher};
 use gantry_image::Image;
 use gantry_layer::{LayerInfo, LayerPlan, LayerSource};
 use gantry_oci::{Descriptor, Digest, Hasher, ImageConfig};
@@ -389,34 +389,6 @@ impl StepJob<'_> {
             .clone()
             .unwrap_or_else(|| image_workdir(&self.image.config))
     }
-}
-
-/// The layer of a step from the local action cache, if its entry and blob are intact (a
-/// damaged entry is removed, with its blob).
-pub(crate) fn cached_step(
-    ctx: &Context,
-    store: &Store,
-    cache: &ActionCache,
-    stat: &Mutex<StatCache>,
-    key: &CacheKey,
-    label: &str,
-) -> Result<Option<LayerInfo>> {
-    let Some(entry) = cache.get::<LayerInfo>(key)? else {
-        return Ok(None);
-    };
-    let consistent = entry.outputs.len() == 1 && entry.outputs[0] == entry.value.descriptor();
-    if consistent && crate::build::outputs_intact(store, stat, &entry.outputs) {
-        let _ = cache.touch(key);
-        return Ok(Some(entry.value));
-    }
-    ctx.reporter.warn(&format!(
-        "{label}: the cache entry refers to a missing or damaged blob; running the step again"
-    ));
-    let _ = cache.remove(key);
-    for d in &entry.outputs {
-        store.remove_corrupt_blob(&d.digest)?;
-    }
-    Ok(None)
 }
 
 /// Runs a step, writes its layer into the store and the action cache under `key`, and

@@ -800,40 +800,16 @@ fn parse_reference(reference: &str) -> Result<ManifestRef> {
 /// Checks a repository name: `/`-separated components of lowercase letters and digits joined
 /// by `.`, `_`, `__` or dashes, at most 255 characters.
 pub(crate) fn validate_repository(name: &str) -> Result<()> {
-    let component_ok = |c: &str| {
-        let b = c.as_bytes();
-        if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
-            return false;
-        }
-        let mut i = 0;
-        while i < b.len() {
-            if is_alnum(b[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < b.len() && !is_alnum(b[i]) {
-                i += 1;
-            }
-            let sep = &c[start..i];
-            if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
-                return false;
-            }
-        }
-        true
+    let checked = if name.len() > 255 {
+        Err("longer than 255 characters".to_owned())
+    } else {
+        gantry_oci::validate_repository(name)
     };
-    if name.is_empty() || name.len() > 255 || !name.split('/').all(component_ok) {
-        return Err(Error::InvalidName {
-            what: "repository",
-            input: name.to_owned(),
-            reason: "expected lowercase components like library/alpine".to_owned(),
-        });
-    }
-    Ok(())
-}
-
-fn is_alnum(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit()
+    checked.map_err(|reason| Error::InvalidName {
+        what: "repository",
+        input: name.to_owned(),
+        reason,
+    })
 }
 
 #[cfg(test)]
