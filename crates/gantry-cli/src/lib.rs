@@ -176,9 +176,12 @@ pub struct LayerArgs {
     /// Metadata for one path: IMAGE_PATH=JSON, e.g. /app/run='{"mode":"0755","uid":1000}'.
     #[arg(long = "metadata", value_name = "PATH=JSON")]
     pub metadata: Vec<String>,
-    /// Do not add entries for missing parent directories.
-    #[arg(long)]
-    pub no_parents: bool,
+    /// The layer goes on a base image (or on other layers): leave out the parent directories
+    /// it does not describe, so the base's keep their modes and owners (`/tmp` stays 1777).
+    /// Without it, missing parents are root-owned 0755 entries, right for the first layer of a
+    /// scratch image. (`--no-parents` is the older name.)
+    #[arg(long, alias = "no-parents")]
+    pub on_base: bool,
     /// Take this metadata from the sources on disk: mode, owner, mtime (comma-separated).
     /// Off by default, because it makes the layer depend on the umask, owner and time of the
     /// source files; meant for packaging a prepared root filesystem.

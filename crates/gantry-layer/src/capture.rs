@@ -27,10 +27,12 @@
 //! (`system.posix_acl_*`) and `trusted.*` are not carried either. At most
 //! [`MAX_XATTR_BYTES`] of attribute names and values are kept per layer.
 //!
-//! **Parents**: in [`outputs_recipe`], directories above an output are the builder's implicit
-//! parents (root-owned, 0755). In the diffs, every directory above a change is an entry with
-//! its own metadata from the step's filesystem, as overlayfs copies it up, so applying the
-//! layer never changes a directory's mode or owner by accident.
+//! **Parents**: in [`outputs_recipe`], a directory above an output that the image already had
+//! (in `lower`) is left out, so the image keeps its metadata (`/tmp` stays 1777); one the step
+//! made is an entry with its mode and owner from the step's filesystem. In the diffs, every
+//! directory above a change is an entry with its own metadata from the step's filesystem, as
+//! overlayfs copies it up. Either way, applying the layer never changes a directory's mode or
+//! owner by accident.
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, OsStr};
@@ -70,8 +72,13 @@ const COMPARE_BUF: usize = 256 * 1024;
 /// `/` are image paths (`/out/cache/**`): a pattern without `/` matches a name at any depth
 /// (`*.pyc`), `*` never crosses `/`, `**` does. An output that matches is left out with a
 /// warning.
+///
+/// Directories above an output are left out when `lower` (the image the step ran on) has them
+/// as directories, and are entries with their mode and owner in `rootfs` otherwise (every one
+/// of them when `lower` is `None`).
 pub fn outputs_recipe(
     rootfs: &Path,
+    lower: Option<&Path>,
     outputs: &[String],
     exclude: &[String],
     defaults: Defaults,
@@ -86,7 +93,7 @@ pub fn outputs_recipe(
     resolved.sort_by(|a, b| a.0.cmp(&b.0));
     resolved.dedup_by(|a, b| a.0 == b.0);
 
-    let mut b = RecipeBuilder::new(defaults, true);
+    let mut b = RecipeBuilder::new(defaults, false);
     b.preserve(Preserve {
         mode: true,
         owner: true,
@@ -135,6 +142,16 @@ pub fn outputs_recipe(
             }
         }
         roots.push(path);
+    }
+    // Parents the image did not have are the step's work: entries with their own metadata.
+    let mut parents: Vec<ImagePath> = roots.iter().flat_map(ImagePath::ancestors).collect();
+    parents.sort();
+    parents.dedup();
+    for p in parents {
+        if p.is_root() || lower.is_some_and(|l| is_dir_in(l, &p)) {
+            continue;
+        }
+        b.add_dir_from(p.clone(), &host_path(rootfs, &p))?;
     }
     let mut recipe = b.build()?;
 
@@ -769,6 +786,19 @@ fn resolve_output(rootfs: &Path, path: &ImagePath) -> Result<(PathBuf, Node), Er
         };
     }
     Ok((full, node))
+}
+
+/// Whether `path` is a directory in the tree at `root`, reached without following a symlink.
+fn is_dir_in(root: &Path, path: &ImagePath) -> bool {
+    let mut full = root.to_owned();
+    for comp in path.as_bytes().split(|&b| b == b'/') {
+        full.push(OsStr::from_bytes(comp));
+        match rustix::fs::lstat(&full) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn is_within(path: &ImagePath, dir: &ImagePath) -> bool {

@@ -751,6 +751,24 @@ impl RecipeBuilder {
         Ok(())
     }
 
+    /// Adds the directory `src` (not followed if it is a symlink) without its contents: an
+    /// entry whose preserved metadata (see [`RecipeBuilder::preserve`]) comes from `src`.
+    pub fn add_dir_from(&mut self, dest: ImagePath, src: &Path) -> Result<(), Error> {
+        let st = rustix::fs::lstat(src).map_err(|e| Error::Source {
+            path: src.to_owned(),
+            source: e.into(),
+        })?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(Error::UnsupportedSource {
+                path: src.to_owned(),
+                reason: "is not a directory".to_owned(),
+            });
+        }
+        let origin: Arc<str> = Arc::from(format!("directory {}", src.display()));
+        self.note_source(&dest, SourceMeta::from_stat(&st));
+        self.insert(dest, ItemKind::Dir { implicit: false }, &origin)
+    }
+
     /// Adds an empty directory.
     pub fn add_empty_dir(&mut self, dest: ImagePath) -> Result<(), Error> {
         let origin: Arc<str> = Arc::from(format!("directory {dest}"));

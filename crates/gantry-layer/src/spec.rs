@@ -48,7 +48,10 @@ pub struct LayerSpec {
     /// Per-path metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, MetaSpec>,
-    /// Create missing parent directories (default true).
+    /// Add entries for parent directories the layer does not describe (root, 0755). Default:
+    /// true for `gantry layer` (unless `--on-base`); in a project, true only for a layer that is
+    /// the first layer of a scratch image wherever it is used, since on a base such entries
+    /// would replace the base's own directories (`/tmp` 1777 would become 0755).
     pub parents: Option<bool>,
     /// Metadata taken from the sources on disk: `mode`, `owner`, `mtime` (default none).
     #[serde(default)]

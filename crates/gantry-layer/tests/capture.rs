@@ -396,7 +396,7 @@ fn make_rootfs(root: &Path) {
 fn outputs_layer(root: &Path) -> (Vec<u8>, Vec<String>) {
     let outputs = strs(&["/out", "/usr/local/bin/tool", "/out/app"]);
     let exclude = strs(&["*.pyc", "/out/skip"]);
-    let r = outputs_recipe(root, &outputs, &exclude, Defaults::new(MTIME)).unwrap();
+    let r = outputs_recipe(root, None, &outputs, &exclude, Defaults::new(MTIME)).unwrap();
     let warnings = r.warnings.clone();
     (layer(r), warnings)
 }
@@ -416,7 +416,7 @@ fn outputs_hold_exactly_the_outputs() {
             "/out/data/x file 0644 0:0",
             "/out/hl hardlink 0644 0:0 -> /out/data/x",
             "/out/link symlink 0777 7:7 -> /etc/passwd",
-            // Implicit parents: root-owned 0755, whatever the rootfs has.
+            // Parents: without a lower tree, each one as the rootfs has it.
             "/usr dir 0755 0:0",
             "/usr/local dir 0755 0:0",
             "/usr/local/bin dir 0755 0:0",
@@ -437,12 +437,13 @@ fn outputs_hold_exactly_the_outputs() {
 
     // An output that is a symlink is stored as one, never followed.
     symlink("/etc", root.join("evil")).unwrap();
-    let r = outputs_recipe(&root, &strs(&["/evil"]), &[], Defaults::new(MTIME)).unwrap();
+    let r = outputs_recipe(&root, None, &strs(&["/evil"]), &[], Defaults::new(MTIME)).unwrap();
     assert_eq!(rows(&layer(r)), strs(&["/evil symlink 0777 0:0 -> /etc"]));
 
     // An explicitly named output that matches an exclude is left out, with a warning.
     let r = outputs_recipe(
         &root,
+        None,
         &strs(&["/out/data/y.pyc", "/etc/passwd"]),
         &strs(&["*.pyc"]),
         Defaults::new(MTIME),
@@ -452,6 +453,60 @@ fn outputs_hold_exactly_the_outputs() {
     assert_eq!(
         rows(&layer(r)),
         strs(&["/etc dir 0755 0:0", "/etc/passwd file 0644 0:0"])
+    );
+}
+
+#[test]
+fn regression_output_parents_replaced_the_images_directories() {
+    let t = tempfile::tempdir().unwrap();
+    // The image: a sticky, world-writable /tmp and a private home owned by 1000.
+    let lower = t.path().join("lower");
+    mkdir(&lower.join("tmp"), 0o1777);
+    mkdir(&lower.join("home/app"), 0o700);
+    own(&lower.join("home/app"), 1000, 1000);
+    // The step's view: the same, plus what the step made.
+    let root = t.path().join("rootfs");
+    mkdir(&root.join("tmp"), 0o1777);
+    write(&root.join("tmp/x"), "x", 0o644);
+    mkdir(&root.join("home/app"), 0o700);
+    own(&root.join("home/app"), 1000, 1000);
+    mkdir(&root.join("home/app/cache"), 0o750);
+    own(&root.join("home/app/cache"), 1000, 1000);
+    write(&root.join("home/app/cache/data/out"), "o", 0o600);
+    chmod(&root.join("home/app/cache/data"), 0o711);
+    let r = outputs_recipe(
+        &root,
+        Some(&lower),
+        &strs(&["/tmp/x", "/home/app/cache/data/out"]),
+        &[],
+        Defaults::new(MTIME),
+    )
+    .unwrap();
+    assert_eq!(
+        rows(&layer(r)),
+        strs(&[
+            // /home and /home/app are the image's: left out, so they keep their metadata.
+            "/home/app/cache dir 0750 1000:1000",
+            "/home/app/cache/data dir 0711 0:0",
+            "/home/app/cache/data/out file 0600 0:0",
+            "/tmp/x file 0644 0:0",
+        ])
+    );
+    // A component that is a symlink in the image does not count as its directory.
+    let lower2 = t.path().join("lower2");
+    mkdir(&lower2.join("real"), 0o755);
+    symlink("real", lower2.join("tmp")).unwrap();
+    let r = outputs_recipe(
+        &root,
+        Some(&lower2),
+        &strs(&["/tmp/x"]),
+        &[],
+        Defaults::new(MTIME),
+    )
+    .unwrap();
+    assert_eq!(
+        rows(&layer(r)),
+        strs(&["/tmp dir 1777 0:0", "/tmp/x file 0644 0:0"])
     );
 }
 
@@ -472,7 +527,7 @@ fn outputs_never_follow_a_symlinked_component() {
         ("/rel/x", "/rel"),
         ("/inner/x", "/inner"),
     ] {
-        let e = outputs_recipe(&root, &strs(&[out]), &[], Defaults::new(MTIME))
+        let e = outputs_recipe(&root, None, &strs(&[out]), &[], Defaults::new(MTIME))
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -481,9 +536,15 @@ fn outputs_never_follow_a_symlinked_component() {
         );
     }
     // A file used as a directory.
-    let e = outputs_recipe(&root, &strs(&["/real/x/y"]), &[], Defaults::new(MTIME))
-        .unwrap_err()
-        .to_string();
+    let e = outputs_recipe(
+        &root,
+        None,
+        &strs(&["/real/x/y"]),
+        &[],
+        Defaults::new(MTIME),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("/real/x is not a directory"), "{e}");
 }
 
@@ -492,21 +553,33 @@ fn missing_outputs_are_named() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("rootfs");
     write(&root.join("out/a"), "a", 0o644);
-    let e = outputs_recipe(&root, &strs(&["/out/nope"]), &[], Defaults::new(MTIME))
-        .unwrap_err()
-        .to_string();
+    let e = outputs_recipe(
+        &root,
+        None,
+        &strs(&["/out/nope"]),
+        &[],
+        Defaults::new(MTIME),
+    )
+    .unwrap_err()
+    .to_string();
     assert_eq!(
         e,
         "output /out/nope: /out/nope does not exist in the step's filesystem"
     );
-    let e = outputs_recipe(&root, &strs(&["/gone/deeper/x"]), &[], Defaults::new(MTIME))
-        .unwrap_err()
-        .to_string();
+    let e = outputs_recipe(
+        &root,
+        None,
+        &strs(&["/gone/deeper/x"]),
+        &[],
+        Defaults::new(MTIME),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("output /gone/deeper/x: /gone does not exist"),
         "{e}"
     );
-    let e = outputs_recipe(&root, &strs(&["out/a"]), &[], Defaults::new(MTIME))
+    let e = outputs_recipe(&root, None, &strs(&["out/a"]), &[], Defaults::new(MTIME))
         .unwrap_err()
         .to_string();
     assert!(e.contains("absolute"), "{e}");
@@ -519,7 +592,7 @@ fn device_nodes_and_whiteout_names_in_outputs_are_refused() {
     mkdir(&root.join("out/dev"), 0o755);
     mknod_char(&root.join("out/dev/null"), 1, 3);
     for outputs in [&["/out"][..], &["/out/dev/null"]] {
-        let e = outputs_recipe(&root, &strs(outputs), &[], Defaults::new(MTIME))
+        let e = outputs_recipe(&root, None, &strs(outputs), &[], Defaults::new(MTIME))
             .unwrap_err()
             .to_string();
         assert!(
@@ -530,6 +603,7 @@ fn device_nodes_and_whiteout_names_in_outputs_are_refused() {
     // Excluded, it is fine.
     outputs_recipe(
         &root,
+        None,
         &strs(&["/out"]),
         &strs(&["/out/dev"]),
         Defaults::new(MTIME),
@@ -538,7 +612,7 @@ fn device_nodes_and_whiteout_names_in_outputs_are_refused() {
 
     let root = t.path().join("rootfs2");
     write(&root.join("out/.wh.passwd"), "", 0o644);
-    let e = outputs_recipe(&root, &strs(&["/out"]), &[], Defaults::new(MTIME))
+    let e = outputs_recipe(&root, None, &strs(&["/out"]), &[], Defaults::new(MTIME))
         .unwrap_err()
         .to_string();
     assert!(

@@ -103,7 +103,7 @@ pub fn spec_from_args(ctx: &Context, args: &LayerArgs) -> Result<(LayerSpec, Pat
             .with_context(|| format!("--metadata for {path}: invalid JSON {json:?}"))?;
         insert_unique(&mut spec.metadata, "--metadata", path, meta)?;
     }
-    if args.no_parents {
+    if args.on_base {
         spec.parents = Some(false);
     }
     spec.preserve.extend(args.preserve.iter().cloned());

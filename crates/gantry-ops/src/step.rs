@@ -28,8 +28,9 @@ use gantry_store::Store;
 use crate::Context;
 use crate::transfer::BlobFrom;
 
-/// Bumped when the meaning of a step's cache key changes.
-const STEP_CACHE_VERSION: u64 = 1;
+/// Bumped when the meaning of a step's cache key changes (2: output layers leave out the
+/// parent directories the image already has).
+const STEP_CACHE_VERSION: u64 = 2;
 /// `/etc/passwd` and `/etc/group` are read up to this size.
 const MAX_ACCOUNT_FILE: u64 = 4 << 20;
 /// Lines of a failed step's output shown in the error.
@@ -492,9 +493,14 @@ pub(crate) fn run_step(
         // Outputs are read from the merged view, so the layer is written before the overlay
         // goes away.
         Capture::Outputs { paths, exclude } => {
-            let mut recipe =
-                gantry_layer::capture::outputs_recipe(&prepared.path, paths, exclude, defaults)
-                    .with_context(capture_error)?;
+            let mut recipe = gantry_layer::capture::outputs_recipe(
+                &prepared.path,
+                Some(&lower),
+                paths,
+                exclude,
+                defaults,
+            )
+            .with_context(capture_error)?;
             to_container_owners(&mut recipe, rootless.as_ref());
             let (info, _) = crate::layer::build_layer(ctx, store, &plan(recipe), &label)?;
             prepared.release()?;

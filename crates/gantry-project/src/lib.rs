@@ -375,6 +375,32 @@ fn kp(segs: &[&str]) -> KeyPath {
     KeyPath::new(segs.iter().map(|s| Seg::from(*s)))
 }
 
+/// Whether the layer `name` stands alone: it is the first layer of a scratch image (or step)
+/// wherever it is used, or it is used nowhere. Only such a layer carries its implicit parent
+/// directories (root, 0755); a layer that goes on top of a base or of other layers leaves out
+/// the directories it does not describe, so the base's `/tmp` (1777) or `/home/app` (0700,
+/// owned by 1000) keep their metadata. A layer used both ways leaves them out: extractors create a
+/// missing parent as root 0755 anyway, while an entry would change an existing directory.
+fn stands_alone(
+    name: &str,
+    images: &BTreeMap<String, ImageTarget>,
+    steps: &BTreeMap<String, StepTarget>,
+) -> bool {
+    let uses = images
+        .values()
+        .map(|i| (&i.base, &i.layers))
+        .chain(steps.values().map(|s| (&s.base, &s.layers)));
+    let mut alone = true;
+    for (base, layers) in uses {
+        for (i, l) in layers.iter().enumerate() {
+            if l == name {
+                alone &= i == 0 && *base == BaseRef::Fixed(Base::Scratch);
+            }
+        }
+    }
+    alone
+}
+
 impl Project {
     /// Loads and validates the project file at `file`.
     pub fn load(file: &Path) -> Result<Self, Error> {
@@ -476,6 +502,11 @@ impl Project {
             }
         }
         check_cycles(&mut c, &images, &steps);
+        for layer in layers.values_mut() {
+            if layer.spec.parents.is_none() {
+                layer.spec.parents = Some(stands_alone(&layer.name, &images, &steps));
+            }
+        }
         if !c.problems.is_empty() {
             let mut problems = c.problems;
             problems.sort_by_key(|d| (d.at.line, d.at.column));

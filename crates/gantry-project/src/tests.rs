@@ -452,3 +452,47 @@ fn remote_cache_settings_are_repositories() {
         "{e:?}"
     );
 }
+
+#[test]
+fn layers_carry_parents_only_where_they_stand_alone() {
+    let d = dir_with_files();
+    let p = load(
+        d.path(),
+        r#"
+[layer.first]
+content = { "/a/x" = "1" }
+[layer.second]
+content = { "/a/y" = "2" }
+[layer.shared]
+content = { "/a/z" = "3" }
+[layer.unused]
+content = { "/b/x" = "4" }
+[layer.forced]
+content = { "/c/x" = "5" }
+parents = true
+[layer.never]
+content = { "/d/x" = "6" }
+parents = false
+
+[image.bottom]
+layers = ["first", "second", "forced"]
+[image.top]
+base = "bottom"
+layers = ["shared"]
+[image.alone]
+layers = ["shared", "never"]
+"#,
+    )
+    .unwrap();
+    let parents = |n: &str| p.layers[n].spec.parents;
+    // First on scratch: stands alone. Above other layers or a base: leaves them out.
+    assert_eq!(parents("first"), Some(true));
+    assert_eq!(parents("second"), Some(false));
+    // First on scratch in one image, on a base in another: left out.
+    assert_eq!(parents("shared"), Some(false));
+    // Built on its own only.
+    assert_eq!(parents("unused"), Some(true));
+    // What the user says wins.
+    assert_eq!(parents("forced"), Some(true));
+    assert_eq!(parents("never"), Some(false));
+}
