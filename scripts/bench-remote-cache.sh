@@ -4,8 +4,9 @@
 # install), built
 #   - cold in store A with `--cache-to` (every layer built and written to the cache repository;
 #     the registry is emptied before each run);
-#   - then in an empty store B with `--cache-from` (every layer a remote hit: manifests and
-#     HEADs only, no layer bytes fetched), a fresh store each run.
+#   - then in an empty store B with `--cache-from --shallow` (every layer a remote hit:
+#     manifests and HEADs only, no layer bytes fetched; a shallow layout, as for a build that
+#     is pushed), a fresh store each run.
 # Prints a markdown table of medians (REPEAT_COLD runs of the cold build, default 1; REPEAT runs
 # of the remote-cache build, default 3), the bytes the registry sent during B's build (from its
 # access log) and the speedup.
@@ -82,7 +83,7 @@ LAYER_BYTES=$(python3 -c 'import json, sys; print(sum(l["size"] for l in json.lo
 for _ in $(seq "$REPEAT"); do
   rm -rf "$W/home-b" "$W/project/gantry-out"
   lines=$(wc -l < "$W/registry.log")
-  secs "${B[@]}" build --json -C "$W/project" --cache-from "$CACHE" >> "$W/remote"
+  secs "${B[@]}" build --json -C "$W/project" --cache-from "$CACHE" --shallow >> "$W/remote"
   bytes_sent_since "$lines" >> "$W/fetched"
   python3 - "$W/out" <<'PY'
 import json, sys

@@ -49,6 +49,11 @@ pub struct GlobalArgs {
     /// $XDG_RUNTIME_DIR/containers/auth.json, else the Docker config).
     #[arg(long, global = true, env = "REGISTRY_AUTH_FILE", value_name = "FILE")]
     pub authfile: Option<PathBuf>,
+    /// Read the layer blobs that an OCI layout lacks from the registry its manifest's
+    /// org.opencontainers.image.base.name annotation names. Shallow layouts that gantry wrote
+    /// itself are followed without it; a layout from elsewhere could name any host.
+    #[arg(long, global = true)]
+    pub follow_base_name: bool,
     /// The OCI runtime for build steps and `gantry run`: crun, runc or a path (default: the
     /// first that works here).
     #[arg(long, global = true, env = "GANTRY_RUNTIME", value_name = "RUNTIME")]
@@ -349,6 +354,11 @@ pub struct BuildArgs {
     /// Resolve tags that gantry.lock does not pin, now (the build is then not reproducible).
     #[arg(long)]
     pub allow_unpinned: bool,
+    /// Leave base layers that are only in a registry out of the output layouts (no download;
+    /// only gantry's own readers and `gantry push` can use such a layout). Same as
+    /// `shallow = true` in [settings].
+    #[arg(long)]
+    pub shallow: bool,
 }
 
 /// `gantry run`.

@@ -428,10 +428,9 @@ impl Built {
                     };
                     w.add_blob_from_layout(layout, &l.descriptor)?;
                 }
+                // Left out even when the store has it: what a layout holds must not depend on
+                // what the store happens to hold.
                 BlobSource::Registry { .. } => match remote {
-                    _ if store.has(&l.descriptor.digest) => {
-                        w.add_blob_from_store(store, &l.descriptor.digest)?;
-                    }
                     RemoteBlobs::Omit => {}
                     RemoteBlobs::Fetch(f) => {
                         f.fetch_into_store(store, l)?;
@@ -456,16 +455,11 @@ impl Built {
     }
 
     /// Whether a layout written with `remote` holds this layer's blob.
-    pub fn layout_holds_layer(
-        &self,
-        store: &Store,
-        layer: &LayerRef,
-        remote: RemoteBlobs<'_>,
-    ) -> bool {
-        match (&layer.source, remote) {
-            (BlobSource::Registry { .. }, RemoteBlobs::Omit) => store.has(&layer.descriptor.digest),
-            _ => true,
-        }
+    pub fn layout_holds_layer(&self, layer: &LayerRef, remote: RemoteBlobs<'_>) -> bool {
+        !matches!(
+            (&layer.source, remote),
+            (BlobSource::Registry { .. }, RemoteBlobs::Omit)
+        )
     }
 
     /// The metadata document build systems read.

@@ -180,20 +180,34 @@ enum Finished {
     Image(Box<(Image, Digest, Built)>, ImageOutcome),
 }
 
+/// How [`build`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions {
+    /// Resolve tags that gantry.lock does not pin, now (not reproducible).
+    pub allow_unpinned: bool,
+    /// Write every image's layout shallow (base layers that are only in a registry left out)
+    /// whatever the project says: for `gantry push`, which never needs their bytes.
+    pub shallow: bool,
+}
+
 /// Runs `gantry build`.
 pub fn run(ctx: &Context, args: &gantry_cli::BuildArgs) -> Result<BuildReport> {
     let project = load_project(ctx, &args.project)?;
-    build(ctx, &project, &args.targets, args.allow_unpinned)
+    let opts = BuildOptions {
+        allow_unpinned: args.allow_unpinned,
+        shallow: args.shallow,
+    };
+    build(ctx, &project, &args.targets, opts)
 }
 
-/// Builds `targets` of `project` (every image when empty); with `allow_unpinned`, tags that
-/// gantry.lock does not pin are resolved now.
+/// Builds `targets` of `project` (every image when empty).
 pub fn build(
     ctx: &Context,
     project: &Project,
     targets: &[String],
-    allow_unpinned: bool,
+    opts: BuildOptions,
 ) -> Result<BuildReport> {
+    let allow_unpinned = opts.allow_unpinned;
     let started = Instant::now();
     let order = project.plan(targets)?;
     tracing::debug!("project loaded in {:.1?}", started.elapsed());
@@ -268,8 +282,24 @@ pub fn build(
                 match base {
                     BaseRef::Fixed(base) => {
                         let strict = platform_req.is_some() && *base != Base::Scratch;
-                        let loaded = Image::from_base(base, &platform, strict)
+                        let mut loaded = Image::from_base(base, &platform, strict)
                             .with_context(|| format!("{at}: cannot use base {base}"))?;
+                        crate::registry::find_absent_layers(
+                            ctx,
+                            &store,
+                            &mut loaded,
+                            base,
+                            &platform,
+                        )
+                        .with_context(|| format!("{at}: cannot use base {base}"))?;
+                        if registry.is_none()
+                            && loaded
+                                .layers
+                                .iter()
+                                .any(|l| matches!(l.source, BlobSource::Registry { .. }))
+                        {
+                            registry = Some(crate::registry::client(ctx, Some(project))?);
+                        }
                         fixed_bases.insert(n.to_owned(), loaded);
                     }
                     BaseRef::Pull(reference) => {
@@ -485,10 +515,11 @@ pub fn build(
                             .collect();
                         let (store, stat, created, git_info) = (&store, &stat, &created, &git_info);
                         let registry = registry.as_ref();
+                        let shallow = opts.shallow || img.shallow;
                         scope.spawn(move || {
                             let r = run_image(
                                 ctx, store, stat, registry, img, base, &layers, created, epoch,
-                                git_info, started,
+                                git_info, shallow, started,
                             );
                             let _ = tx.send((TargetRef::Image(img.name.clone()), r));
                         });
@@ -763,6 +794,7 @@ fn run_image(
     created: &str,
     epoch: i64,
     git_info: &GitInfo,
+    shallow: bool,
     build_started: Instant,
 ) -> Result<Finished> {
     let started_ms = millis(build_started);
@@ -784,27 +816,50 @@ fn run_image(
     }
     edits.apply(&mut image.config)?;
     let built = image.build(created)?;
-    let fetcher = registry.map(|client| crate::registry::Fetcher { client });
+    let remote_layers: Vec<crate::registry::RemoteBlob<'_>> = built
+        .layers
+        .iter()
+        .filter_map(|l| match &l.source {
+            BlobSource::Registry {
+                registry,
+                repository,
+            } => Some(crate::registry::RemoteBlob {
+                registry,
+                repository,
+                descriptor: &l.descriptor,
+            }),
+            _ => None,
+        })
+        .collect();
+    let fetcher = registry.map(|client| crate::registry::Fetcher {
+        client,
+        reporter: ctx.reporter.as_ref(),
+    });
     let remote = match &fetcher {
-        Some(f) if !target.shallow => RemoteBlobs::Fetch(f),
-        _ => RemoteBlobs::Omit,
+        _ if shallow || remote_layers.is_empty() => RemoteBlobs::Omit,
+        Some(f) => RemoteBlobs::Fetch(f),
+        None => bail!(
+            "image.{}: no registry client to fetch its base layers",
+            target.name
+        ),
     };
-    let up_to_date = layout_holds(
-        &target.output,
-        &built,
-        &target.layout_tag,
-        store,
-        remote,
-        stat,
-    );
+    let up_to_date = layout_holds(&target.output, &built, &target.layout_tag, remote, stat);
     if !up_to_date {
         if let Some(parent) = target.output.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
+        // A complete layout: the base layers it lacks are fetched first, concurrently.
+        if let Some(client) = registry.filter(|_| matches!(remote, RemoteBlobs::Fetch(_))) {
+            crate::registry::fetch_blobs(ctx, client, store, &remote_layers)
+                .with_context(|| format!("image.{}: cannot fetch its base layers", target.name))?;
+        }
         built
             .write_layout(store, &target.output, Some(&target.layout_tag), remote)
             .with_context(|| format!("cannot write {}", target.output.display()))?;
+    }
+    if matches!(remote, RemoteBlobs::Omit) && !remote_layers.is_empty() {
+        crate::registry::mark_shallow(store, &built.manifest, &target.output)?;
     }
     store.put_bytes(&built.config_bytes)?;
     store.put_bytes(&built.manifest_bytes)?;
@@ -897,7 +952,6 @@ fn layout_holds(
     dir: &Path,
     built: &Built,
     tag: &str,
-    store: &Store,
     remote: RemoteBlobs<'_>,
     stat: &Mutex<StatCache>,
 ) -> bool {
@@ -916,13 +970,16 @@ fn layout_holds(
         stat.lock()
             .is_ok_and(|mut s| s.verify(&layout.blob_path(d), d).unwrap_or(false))
     };
+    // Exactly the blobs it should: a complete layout is not taken for a shallow one.
     same && intact(&built.manifest.digest)
         && intact(&built.config.digest)
-        && built
-            .layers
-            .iter()
-            .filter(|l| built.layout_holds_layer(store, l, remote))
-            .all(|l| intact(&l.descriptor.digest))
+        && built.layers.iter().all(|l| {
+            if built.layout_holds_layer(l, remote) {
+                intact(&l.descriptor.digest)
+            } else {
+                !layout.has_blob(&l.descriptor.digest)
+            }
+        })
 }
 
 /// Resolves a pull target (`NAME` or `NAME#variant`) to an image whose layers stay in the

@@ -60,6 +60,9 @@ pub struct RegistryOptions {
     pub ca_files: Vec<(String, PathBuf)>,
     /// The credentials file.
     pub auth_file: Option<PathBuf>,
+    /// Fetch what a layout lacks from the registry its `base.name` annotation names, even
+    /// when gantry did not write that layout (`--follow-base-name`).
+    pub follow_base_name: bool,
 }
 
 /// `$XDG_CACHE_HOME/gantry`, else `~/.cache/gantry`.

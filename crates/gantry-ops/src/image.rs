@@ -130,6 +130,8 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
     image.annotations = annotations;
 
     let store = ctx.store()?;
+    crate::registry::find_absent_layers(ctx, &store, &mut image, &base, &platform)
+        .with_context(|| format!("cannot use base {}", args.base))?;
     for l in &layers {
         let what = l.info_path.display().to_string();
         let digest = &l.info.digest;
@@ -164,6 +166,14 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
         &built.manifest,
         Some(&output),
     )?;
+    // On a shallow base the output is shallow too (this command fetches nothing).
+    if built
+        .layers
+        .iter()
+        .any(|l| matches!(l.source, BlobSource::Registry { .. }))
+    {
+        crate::registry::mark_shallow(&store, &built.manifest, &output)?;
+    }
 
     let metadata = built.metadata(Some(&args.tag));
     if let Some(p) = &metadata_path {

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `gantry` | the binary: argument parsing, logging, progress bars, printing |
 //! | `gantry-cli` | clap definitions only |
-//! | `gantry-ops` | this crate: one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`], [`run`] (run, unpack)); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching); `step` runs build steps; [`remote_cache`] keeps action-cache entries in a registry |
+//! | `gantry-ops` | this crate: one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`], [`run`] (run, unpack)); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching, which layouts' `base.name` may be followed); `step` runs build steps; [`remote_cache`] keeps action-cache entries in a registry |
 //! | `gantry-project` | gantry.toml: schema, validation with file:line:column, the target graph |
 //! | `gantry-cache` | the action cache (key → outputs) and the stat cache (file → digest) |
 //! | `gantry-oci` | digests, descriptors, media types, references, manifests, configs, canonical JSON |
@@ -23,7 +23,7 @@
 //! | path | read/written by |
 //! |---|---|
 //! | `$GANTRY_HOME/blobs/sha256/<hex>` | `gantry_store::Store` |
-//! | `$GANTRY_HOME/refs-v1/<kind>/<hash>.json` | GC roots: `Store::set_ref`, written by [`layer`] and [`image`] for their outputs |
+//! | `$GANTRY_HOME/refs-v1/<kind>/<hash>.json` | GC roots: `Store::set_ref`, written by [`layer`] and [`image`] for their outputs; `shallow` refs record the shallow layouts gantry wrote ([`registry`]) |
 //! | `$GANTRY_HOME/cache-v1/<xx>/<key>.json` | `gantry_cache::ActionCache`: layer cache entries, written by [`build`] |
 //! | `$GANTRY_HOME/stat-v1/<scope>` | `gantry_cache::StatCache`: input digests by file state, one file per project |
 //! | `$GANTRY_HOME/rootfs/v1/<alg>-<hex>/rootfs` | `gantry_unpack::RootfsCache`: unpacked images by chain id, for steps and `gantry run` |

@@ -241,7 +241,14 @@ pub fn run(ctx: &Context, args: &gantry_cli::PushArgs) -> Result<PushReport> {
         .filter(|s| is_image(s))
         .collect();
     let built = match (&project, names.is_empty()) {
-        (Some(p), false) => crate::build::build(ctx, p, &names, args.allow_unpinned)?.built,
+        (Some(p), false) => {
+            // The layouts a push writes on the way are shallow: it never needs base layer bytes.
+            let opts = crate::build::BuildOptions {
+                allow_unpinned: args.allow_unpinned,
+                shallow: true,
+            };
+            crate::build::build(ctx, p, &names, opts)?.built
+        }
         _ => Default::default(),
     };
     let mut pushed = Vec::new();

@@ -2,6 +2,7 @@
 //! shallow resolution of images in registries (manifest and config only, cached in the store by
 //! digest, so rebuilds need no network), and fetching layer blobs when a sink needs them.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -165,10 +166,85 @@ fn config_blob(repo: &Repo, store: &Store, desc: &Descriptor, what: &str) -> Res
     Ok(store.read_blob(&desc.digest, json::MAX_CONFIG_SIZE)?)
 }
 
+/// A blob that lives in a registry repository.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RemoteBlob<'a> {
+    /// `host[:port]`.
+    pub(crate) registry: &'a str,
+    /// Repository path.
+    pub(crate) repository: &'a str,
+    /// The blob.
+    pub(crate) descriptor: &'a Descriptor,
+}
+
+/// Counts bytes read into a progress bar.
+struct Counted<'a, R> {
+    inner: R,
+    progress: &'a dyn gantry_layer::Progress,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// Fetches one registry blob into the store (verified against its digest and size), with a
+/// progress bar; nothing to do when the store has it.
+pub(crate) fn fetch_blob(
+    client: &Client,
+    store: &Store,
+    reporter: &dyn crate::Reporter,
+    blob: RemoteBlob<'_>,
+) -> Result<(), gantry_image::Error> {
+    let desc = blob.descriptor;
+    if store.has(&desc.digest) {
+        return Ok(());
+    }
+    let what = format!("{}/{}@{}", blob.registry, blob.repository, desc.digest);
+    let fetch_error = |reason: String| gantry_image::Error::Fetch {
+        what: what.clone(),
+        reason,
+    };
+    let reader = client
+        .repo(blob.registry, blob.repository, false)
+        .get_blob(desc)
+        .map_err(|e| fetch_error(e.to_string()))?;
+    let progress = reporter.layer_progress(&format!("fetch {}", desc.digest.short()), desc.size);
+    let counted = Counted {
+        inner: reader,
+        progress: progress.as_ref(),
+    };
+    store.import(counted, (&desc.digest, desc.size), &what)?;
+    Ok(())
+}
+
+/// Fetches every blob of `blobs` that the store lacks, [`crate::push::PARALLEL_TRANSFERS`] at
+/// once, verified, into the store (where the next build or export finds them).
+pub(crate) fn fetch_blobs(
+    ctx: &Context,
+    client: &Client,
+    store: &Store,
+    blobs: &[RemoteBlob<'_>],
+) -> Result<()> {
+    let missing: Vec<&RemoteBlob<'_>> = blobs
+        .iter()
+        .filter(|b| !store.has(&b.descriptor.digest))
+        .collect();
+    crate::util::parallel_map(crate::push::PARALLEL_TRANSFERS, &missing, |b| {
+        fetch_blob(client, store, ctx.reporter.as_ref(), **b).map_err(Into::into)
+    })?;
+    Ok(())
+}
+
 /// Fetches registry blobs into the store for sinks that need their bytes.
 pub struct Fetcher<'a> {
     /// The client.
     pub client: &'a Client,
+    /// Where progress goes.
+    pub reporter: &'a dyn crate::Reporter,
 }
 
 impl FetchBlob for Fetcher<'_> {
@@ -180,22 +256,116 @@ impl FetchBlob for Fetcher<'_> {
         else {
             return Ok(());
         };
-        if store.has(&layer.descriptor.digest) {
-            return Ok(());
-        }
-        let what = format!("{registry}/{repository}@{}", layer.descriptor.digest);
-        let repo = self.client.repo(registry, repository, false);
-        let reader = repo
-            .get_blob(&layer.descriptor)
-            .map_err(|e| gantry_image::Error::Fetch {
-                what: what.clone(),
-                reason: e.to_string(),
-            })?;
-        store.import(
-            reader,
-            (&layer.descriptor.digest, layer.descriptor.size),
-            &what,
-        )?;
-        Ok(())
+        fetch_blob(
+            self.client,
+            store,
+            self.reporter,
+            RemoteBlob {
+                registry,
+                repository,
+                descriptor: &layer.descriptor,
+            },
+        )
     }
+}
+
+/// The store's ref kind that records manifests gantry wrote into shallow layouts.
+const SHALLOW_REF: &str = "shallow";
+
+/// Records that gantry wrote the image `manifest` into the shallow layout `dir`: its
+/// `base.name` annotation is gantry's own, so readers of the layout may fetch what it leaves out
+/// from there. The record lasts while `dir` exists.
+pub(crate) fn mark_shallow(store: &Store, manifest: &Descriptor, dir: &Path) -> Result<()> {
+    store.set_ref(
+        SHALLOW_REF,
+        &manifest.digest.to_string(),
+        manifest,
+        Some(dir),
+    )?;
+    Ok(())
+}
+
+/// Where the layer blobs that a layout lacks can be read: the repository that the image's
+/// `base.name` annotation names. That annotation is attacker-controlled in a layout from
+/// elsewhere, so it is followed only when gantry wrote this image into a shallow layout itself
+/// (see [`mark_shallow`]) or the user said `--follow-base-name`. `missing` are the digests the
+/// layout lacks (none: `Ok(None)`); `what` names the layout in errors.
+pub(crate) fn shallow_source(
+    ctx: &Context,
+    store: &Store,
+    what: &str,
+    manifest: &Descriptor,
+    annotations: &std::collections::BTreeMap<String, String>,
+    missing: &[&Digest],
+) -> Result<Option<Reference>> {
+    let Some(first) = missing.first() else {
+        return Ok(None);
+    };
+    let n = missing.len();
+    let blobs = if n == 1 { "blob" } else { "blobs" };
+    let Some(name) = annotations.get(gantry_oci::annotations::BASE_NAME) else {
+        bail!(
+            "{what} lacks {n} layer {blobs} ({first}…) and does not name a base to read them from"
+        );
+    };
+    let base = Reference::parse(name)
+        .with_context(|| format!("{what}: its base.name annotation {name:?}"))?;
+    let ours = store
+        .get_ref(SHALLOW_REF, &manifest.digest.to_string())?
+        .is_some_and(|r| r.descriptor.digest == manifest.digest);
+    if !(ours || ctx.registry.follow_base_name) {
+        bail!(
+            "{what} lacks {n} layer {blobs} ({first}…) of its base {base}; gantry did not write              this layout, so it does not contact that registry on the layout's word. Pass              --follow-base-name to fetch them from {}/{}, or use a complete layout",
+            base.registry(),
+            base.repository()
+        );
+    }
+    tracing::debug!("{what}: {n} layer {blobs} come from its base {base}");
+    Ok(Some(base))
+}
+
+/// Finds the layer blobs of `image`, loaded from `base`, that the base's layout lacks (a
+/// shallow layout) and points them at the store when it has them all, else at the registry
+/// the layout's `base.name` names, when that may be followed (see [`shallow_source`]).
+pub(crate) fn find_absent_layers(
+    ctx: &Context,
+    store: &Store,
+    image: &mut gantry_image::Image,
+    base: &gantry_image::Base,
+    platform: &Platform,
+) -> Result<()> {
+    let gantry_image::Base::Layout { dir, selector } = base else {
+        return Ok(());
+    };
+    let layout = gantry_store::Layout::open(dir)?;
+    let absent: Vec<usize> = (0..image.layers.len())
+        .filter(|&i| !layout.has_blob(&image.layers[i].descriptor.digest))
+        .collect();
+    if absent.is_empty() {
+        return Ok(());
+    }
+    let unfetched: Vec<&Digest> = absent
+        .iter()
+        .map(|&i| &image.layers[i].descriptor.digest)
+        .filter(|d| !store.has(d))
+        .collect();
+    let r = layout.resolve(selector, platform)?;
+    let source = match shallow_source(
+        ctx,
+        store,
+        &layout.describe(),
+        &r.manifest_descriptor,
+        &r.manifest.annotations,
+        &unfetched,
+    )? {
+        Some(b) => BlobSource::Registry {
+            registry: b.registry().to_owned(),
+            repository: b.repository().to_owned(),
+        },
+        None => BlobSource::Store,
+    };
+    for i in absent {
+        image.layers[i].source = source.clone();
+    }
+    Ok(())
 }

@@ -27,7 +27,10 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
                 ctx,
                 &project,
                 std::slice::from_ref(&name),
-                args.allow_unpinned,
+                crate::build::BuildOptions {
+                    allow_unpinned: args.allow_unpinned,
+                    ..Default::default()
+                },
             )?;
             let built = report
                 .built

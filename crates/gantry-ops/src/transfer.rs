@@ -172,6 +172,7 @@ impl SourceImage {
     }
 
     fn from_layout(
+        ctx: &Context,
         store: &Store,
         layout: Layout,
         selector: &Selector,
@@ -181,30 +182,33 @@ impl SourceImage {
         let config_bytes = layout.read_blob_verified(&r.manifest.config, json::MAX_CONFIG_SIZE)?;
         store.put_bytes(&config_bytes)?;
         let layout = Arc::new(layout);
-        // A shallow layout (what `gantry build` writes on a registry base) leaves out the base's
-        // layers; its `base.name` annotation says which repository holds them.
-        let base = r
+        // A shallow layout leaves out its base's layers; what its base.name annotation names
+        // holds them, if that may be trusted.
+        let missing: Vec<&Digest> = r
             .manifest
-            .annotations
-            .get(annotations::BASE_NAME)
-            .and_then(|n| Reference::parse(n).ok());
+            .layers
+            .iter()
+            .map(|d| &d.digest)
+            .filter(|d| !layout.has_blob(d) && !store.has(d))
+            .collect();
+        let base = crate::registry::shallow_source(
+            ctx,
+            store,
+            &layout.describe(),
+            &r.manifest_descriptor,
+            &r.manifest.annotations,
+            &missing,
+        )?;
         let layers = r
             .manifest
             .layers
             .iter()
             .map(|d| {
                 let from = match &base {
-                    Some(b) if !layout.has_blob(&d.digest) && !store.has(&d.digest) => {
-                        tracing::debug!(
-                            "{} is not in {}: its source is the base {b}",
-                            d.digest,
-                            layout.describe()
-                        );
-                        BlobFrom::Registry {
-                            registry: b.registry().to_owned(),
-                            repository: b.repository().to_owned(),
-                        }
-                    }
+                    Some(b) if missing.contains(&&d.digest) => BlobFrom::Registry {
+                        registry: b.registry().to_owned(),
+                        repository: b.repository().to_owned(),
+                    },
                     _ => BlobFrom::Layout(Arc::clone(&layout)),
                 };
                 (d.clone(), from)
@@ -232,11 +236,15 @@ pub fn open_source(
     let platform = platform.cloned().unwrap_or_else(Platform::host);
     match Transport::parse(ctx, input)? {
         Transport::Oci { dir, selector } => {
-            SourceImage::from_layout(store, Layout::open(&dir)?, &selector, &platform)
+            SourceImage::from_layout(ctx, store, Layout::open(&dir)?, &selector, &platform)
         }
-        Transport::OciArchive { file, selector } => {
-            SourceImage::from_layout(store, Layout::open_archive(&file)?, &selector, &platform)
-        }
+        Transport::OciArchive { file, selector } => SourceImage::from_layout(
+            ctx,
+            store,
+            Layout::open_archive(&file)?,
+            &selector,
+            &platform,
+        ),
         Transport::DockerArchive { file, reference } => {
             let archive = Arc::new(DockerArchive::open(&file)?);
             let image = archive.image(reference.as_deref())?;
@@ -291,30 +299,32 @@ pub fn open_source(
 
 /// Adds every blob of `img` to `w`: from the store, a layout, an archive, or streamed from a
 /// registry straight into the writer (not stored).
-fn fill(w: &mut dyn ImageWriter, store: &Store, client: &Client, img: &SourceImage) -> Result<()> {
+fn fill(
+    ctx: &Context,
+    w: &mut dyn ImageWriter,
+    store: &Store,
+    client: &Client,
+    img: &SourceImage,
+) -> Result<()> {
     w.add_blob_from_store(store, &img.config.digest)?;
     // Registry layers are fetched first, concurrently and verified, into the store (where a
     // later build on the same base finds them); the writer then links or copies them from there.
-    let fetch: Vec<_> = img
+    let remote: Vec<crate::registry::RemoteBlob<'_>> = img
         .layers
         .iter()
-        .filter(|(desc, from)| {
-            matches!(from, BlobFrom::Registry { .. }) && !store.has(&desc.digest)
+        .filter_map(|(descriptor, from)| match from {
+            BlobFrom::Registry {
+                registry,
+                repository,
+            } => Some(crate::registry::RemoteBlob {
+                registry,
+                repository,
+                descriptor,
+            }),
+            _ => None,
         })
         .collect();
-    crate::util::parallel_map(crate::push::PARALLEL_TRANSFERS, &fetch, |(desc, from)| {
-        let BlobFrom::Registry {
-            registry,
-            repository,
-        } = from
-        else {
-            return Ok(());
-        };
-        let what = format!("{registry}/{repository}@{}", desc.digest);
-        let reader = client.repo(registry, repository, false).get_blob(desc)?;
-        store.import(reader, (&desc.digest, desc.size), &what)?;
-        Ok(())
-    })?;
+    crate::registry::fetch_blobs(ctx, client, store, &remote)?;
     for (desc, from) in &img.layers {
         match from {
             _ if store.has(&desc.digest) => w.add_blob_from_store(store, &desc.digest)?,
@@ -362,7 +372,7 @@ pub fn write(
     match dest {
         Transport::Oci { dir, selector } => {
             let mut w = LayoutWriter::new(dir)?;
-            fill(&mut w, store, client, img)?;
+            fill(ctx, &mut w, store, client, img)?;
             w.add_manifest(manifest_descriptor(
                 img,
                 Some(selector_tag(selector).unwrap_or("latest")),
@@ -372,7 +382,7 @@ pub fn write(
         }
         Transport::OciArchive { file, selector } => {
             let mut w = OciArchiveWriter::new(file)?;
-            fill(&mut w, store, client, img)?;
+            fill(ctx, &mut w, store, client, img)?;
             w.add_manifest(manifest_descriptor(
                 img,
                 Some(selector_tag(selector).unwrap_or("latest")),
@@ -383,7 +393,7 @@ pub fn write(
         Transport::DockerArchive { file, reference } => {
             let reference = reference.as_deref().map(Reference::parse).transpose()?;
             let mut w = DockerArchiveWriter::new(file)?;
-            fill(&mut w, store, client, img)?;
+            fill(ctx, &mut w, store, client, img)?;
             w.add_image(manifest_descriptor(img, None), reference.as_ref())?;
             w.commit()?;
             Ok(format!("docker-archive:{}", file.display()))
@@ -501,7 +511,10 @@ pub fn export(ctx: &Context, args: &gantry_cli::ExportArgs) -> Result<String> {
                 ctx,
                 p,
                 std::slice::from_ref(&args.image),
-                args.allow_unpinned,
+                crate::build::BuildOptions {
+                    allow_unpinned: args.allow_unpinned,
+                    ..Default::default()
+                },
             )?;
             let built = report
                 .built

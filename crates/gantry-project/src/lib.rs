@@ -1059,7 +1059,7 @@ fn check_image(
             None => settings.output_dir.join(name),
         },
         artifact_type: spec.artifact_type.clone(),
-        shallow: spec.shallow.or(parsed.settings.shallow).unwrap_or(true),
+        shallow: spec.shallow.or(parsed.settings.shallow).unwrap_or(false),
         at: c.spans.locate(&at),
     }
 }

@@ -113,7 +113,8 @@ pub struct SettingsSpec {
     /// Extra CA certificates (PEM files) per registry host, relative to the project.
     #[serde(default)]
     pub registry_ca: BTreeMap<String, String>,
-    /// Leave registry-only base layers out of output layouts (default true).
+    /// Leave registry-only base layers out of output layouts (default false: layouts are
+    /// complete, so every OCI tool reads them).
     pub shallow: Option<bool>,
     /// A registry repository read for remote cache entries.
     pub cache_from: Option<String>,
@@ -189,7 +190,7 @@ pub struct ImageSpec {
     /// Build an OCI artifact of this type instead of a runnable image.
     pub artifact_type: Option<String>,
     /// Leave base layers that are only in a registry out of the output layout (default: the
-    /// `[settings]` value, else true). Pushing and `gantry export` fetch or mount them.
+    /// `[settings]` value, else false). Pushing and `gantry export` fetch or mount them.
     pub shallow: Option<bool>,
 }
 

@@ -93,6 +93,18 @@ impl Store {
         self.remove_ref_file(&dir.join(file_name(name)))
     }
 
+    /// The ref `kind`/`name`, if there is one (stale or not).
+    pub fn get_ref(&self, kind: &str, name: &str) -> Result<Option<RefEntry>> {
+        validate_kind(kind)?;
+        validate_name(name)?;
+        let path = self.refs_dir().join(kind).join(file_name(name));
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", &path, e)),
+            Ok(_) => read_ref_file(kind, &path).map(Some),
+        }
+    }
+
     /// Every ref, sorted by kind and name. Fails on the first unreadable ref file.
     pub fn refs(&self) -> Result<Vec<RefEntry>> {
         let mut refs = Vec::new();

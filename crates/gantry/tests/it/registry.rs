@@ -225,7 +225,7 @@ fn shallow_builds_fetch_manifest_and_config_only_then_mount_or_stream() {
     assert_mentions(&lock, &[&base_digest, "pinned"]);
 
     let before = access(&reg).len();
-    let build = json(&t.run(&["build", "--json"]));
+    let build = json(&t.run(&["build", "--json", "--shallow"]));
     assert_eq!(
         blob_gets(&reg, before),
         std::slice::from_ref(&base_config),
@@ -248,7 +248,7 @@ fn shallow_builds_fetch_manifest_and_config_only_then_mount_or_stream() {
     assert_eq!(i["config"]["config"]["Env"][0], "FROM_BASE=1");
     // A rebuild needs no network at all (manifest and config are in the store).
     let before = access(&reg).len();
-    t.run(&["build"]);
+    t.run(&["build", "--shallow"]);
     assert_eq!(access(&reg).len(), before);
 
     // Push to the same registry: the base layers are mounted, not uploaded.
@@ -296,8 +296,9 @@ fn shallow_builds_fetch_manifest_and_config_only_then_mount_or_stream() {
         json(&inspect.stdout)["Digest"],
         pushed["pushed"][0]["digest"]
     );
-    // The shallow layout stands on its own: its base.name annotation names the repository of
-    // the missing layers, so another process can push it (mounting them) or copy it (fetching).
+    // gantry wrote the shallow layout, so it trusts its base.name annotation, which names the
+    // repository of the missing layers: another process can push it (mounting them) or copy it
+    // (fetching).
     let elsewhere = t.path("elsewhere");
     fs::create_dir_all(&elsewhere).unwrap();
     let layout = format!("oci:{}", t.path("gantry-out/app").display());
@@ -343,6 +344,171 @@ fn shallow_builds_fetch_manifest_and_config_only_then_mount_or_stream() {
         ])
         .current_dir(t.root())
         .ok();
+}
+
+/// A base in `reg` at `lib/base:1`, a project on it (locked) in a fresh store; returns the
+/// base's layer digests and config digest.
+fn registry_base_project(t: &TestEnv, reg: &Registry) -> (Vec<String>, String) {
+    push_base(t, reg, "lib/base:1", "a");
+    let base = json(&t.run(&["inspect", "--json", "base:1"]));
+    let layers = base["manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    let config = base["manifest"]["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fs::remove_dir_all(t.home()).unwrap();
+    project_on_registry_base(t, reg, "lib/base", &[], "");
+    t.run(&["lock"]);
+    (layers, config)
+}
+
+#[test]
+fn regression_build_on_a_registry_base_wrote_a_layout_other_tools_cannot_read() {
+    let reg = Registry::start(RegistryOptions::plain());
+    let other = Registry::start(RegistryOptions::plain());
+    let t = crate::env();
+    let (base_layers, base_config) = registry_base_project(&t, &reg);
+    // A fresh store: the build fetches the base's layers and writes a complete layout.
+    let before = access(&reg).len();
+    t.run(&["build"]);
+    let mut got = blob_gets(&reg, before);
+    got.sort();
+    let mut want = base_layers.clone();
+    want.push(base_config);
+    want.sort();
+    assert_eq!(got, want, "the config and every base layer, once");
+    let fresh = layer_digests(&t.path("gantry-out/app"));
+    assert_eq!(
+        fresh.len(),
+        5,
+        "manifest, config, 2 base layers, the app layer"
+    );
+    // Every OCI tool reads it.
+    tool("umoci")
+        .args(["unpack", "--image", "gantry-out/app:latest", "bundle"])
+        .current_dir(t.root())
+        .ok();
+    assert!(t.path("bundle/rootfs/etc/base-a").is_file());
+    assert!(t.path("bundle/rootfs/app.txt").is_file());
+    tool("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "oci:gantry-out/app:latest",
+            &format!("docker://{}/team/app:v1", other.host()),
+        ])
+        .current_dir(t.root())
+        .ok();
+    tool("oci-image-tool")
+        .args(["validate", "--type", "image", "--ref", "name=latest"])
+        .arg("gantry-out/app")
+        .current_dir(t.root())
+        .ok();
+    // A warm store writes the same layout (and needs no network).
+    t.run(&["clean"]);
+    let before = access(&reg).len();
+    t.run(&["build"]);
+    assert_eq!(access(&reg).len(), before);
+    assert_eq!(layer_digests(&t.path("gantry-out/app")), fresh);
+}
+
+#[test]
+fn regression_shallow_layout_content_depended_on_the_store() {
+    let reg = Registry::start(RegistryOptions::plain());
+    let t = crate::env();
+    let (base_layers, _) = registry_base_project(&t, &reg);
+    t.run(&["build", "--shallow"]);
+    let cold = layer_digests(&t.path("gantry-out/app"));
+    assert_eq!(cold.len(), 3, "manifest, config, the app layer: {cold:?}");
+    // Now the store holds the base layers (a complete build fetched them); a shallow build
+    // still writes exactly the same three blobs.
+    t.run(&["clean"]);
+    t.run(&["build"]);
+    t.run(&["clean"]);
+    t.run(&["build", "--shallow"]);
+    assert_eq!(layer_digests(&t.path("gantry-out/app")), cold);
+    // Switching an existing complete layout to shallow rewrites it.
+    t.run(&["clean"]);
+    t.run(&["build"]);
+    t.run(&["build", "--shallow"]);
+    assert_eq!(layer_digests(&t.path("gantry-out/app")), cold);
+    for d in &base_layers {
+        assert!(!cold.contains(d.trim_start_matches("sha256:")));
+    }
+}
+
+#[test]
+fn regression_an_untrusted_layout_made_gantry_contact_the_host_its_base_name_names() {
+    let reg = Registry::start(RegistryOptions::plain());
+    let t = crate::env();
+    registry_base_project(&t, &reg);
+    t.run(&["build", "--shallow"]);
+    // The same layout read with another store: gantry did not write it there, so its
+    // base.name annotation (which anyone could have written) is not followed.
+    let stranger = t.path("stranger-home");
+    let before = access(&reg).len();
+    let o = t
+        .gantry()
+        .env("GANTRY_HOME", &stranger)
+        .args([
+            "--insecure-registry",
+            &reg.host(),
+            "copy",
+            "oci:gantry-out/app",
+            "oci:copied",
+        ])
+        .fails();
+    assert_mentions(
+        &o.stderr,
+        &[
+            "gantry-out/app",
+            "lacks 2 layer blobs",
+            "--follow-base-name",
+            "lib/base",
+        ],
+    );
+    assert_eq!(
+        access(&reg).len(),
+        before,
+        "no request to the named registry"
+    );
+    assert!(!t.path("copied").exists());
+    // A project based on the shallow layout, in the stranger's store, is refused the same way.
+    t.write(
+        "other/gantry.toml",
+        format!(
+            "[settings]\ninsecure-registries = [\"{}\"]\n[image.x]\nbase = \"oci:../gantry-out/app\"\n",
+            reg.host()
+        ),
+    );
+    let o = t
+        .gantry()
+        .env("GANTRY_HOME", &stranger)
+        .current_dir(t.path("other"))
+        .args(["build"])
+        .fails();
+    assert_mentions(&o.stderr, &["image.x", "--follow-base-name"]);
+    // Told to follow it, it fetches them (into the stranger's store: now it has them).
+    t.gantry()
+        .env("GANTRY_HOME", &stranger)
+        .args([
+            "--insecure-registry",
+            &reg.host(),
+            "--follow-base-name",
+            "copy",
+            "oci:gantry-out/app",
+            "oci:copied",
+        ])
+        .ok();
+    assert_eq!(layer_digests(&t.path("copied")).len(), 5);
+    // In the store that wrote the layout, it is followed (and the output is complete).
+    t.gantry().current_dir(t.path("other")).args(["build"]).ok();
+    assert_eq!(layer_digests(&t.path("other/gantry-out/x")).len(), 5);
 }
 
 #[test]

@@ -194,10 +194,11 @@ fn machine_b_reuses_machine_a_layers_without_downloading_blobs() {
         .count();
     assert_eq!(puts, 3, "one entry per layer");
 
-    // Machine B, empty store: three remote hits, from manifests and HEADs only.
+    // Machine B, empty store: three remote hits, from manifests and HEADs only (a shallow
+    // build: its layout leaves the layers in the cache registry).
     let b = machine(&host);
     let before = access(&reg).len();
-    let (built_b, _) = build(&b, &host, &["--cache-from", &cache]);
+    let (built_b, _) = build(&b, &host, &["--cache-from", &cache, "--shallow"]);
     let log = access(&reg)[before..].to_vec();
     assert_eq!(built_b["cache"]["remoteHits"], 3, "{built_b:#}");
     assert_eq!(built_b["cache"]["misses"], 0);
