@@ -25,6 +25,7 @@ use gantry_store::{Layout, Store};
 use serde::Serialize;
 
 use crate::Context;
+use crate::git::GitInfo;
 use crate::remote_cache::RemoteCache;
 use crate::util::parallel_map;
 
@@ -135,38 +136,6 @@ pub fn load_project(ctx: &Context, args: &gantry_cli::ProjectArgs) -> Result<Pro
     Ok(Project::load(&file)?)
 }
 
-/// What a project's git checkout says, for auto labels and `source-date-epoch = "git"`.
-#[derive(Debug, Default)]
-struct GitInfo {
-    revision: Option<String>,
-    branch: Option<String>,
-    commit_time: Option<i64>,
-}
-
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
-impl GitInfo {
-    fn read(dir: &Path) -> Self {
-        GitInfo {
-            revision: git(dir, &["rev-parse", "HEAD"]),
-            branch: git(dir, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD"),
-            commit_time: git(dir, &["log", "-1", "--format=%ct"]).and_then(|t| t.parse().ok()),
-        }
-    }
-}
-
 /// A layer ready to run: its plan and cache key.
 struct PlannedLayer {
     plan: LayerPlan,
@@ -217,7 +186,7 @@ pub fn build(
     let git_info = if needs_git {
         GitInfo::read(&project.dir)
     } else {
-        GitInfo::default()
+        GitInfo::unread()
     };
     let epoch = if ctx.source_date_epoch_from_env {
         ctx.source_date_epoch
@@ -225,9 +194,10 @@ pub fn build(
         match project.settings.source_date_epoch {
             None => 0,
             Some(Epoch::Seconds(s)) => s,
-            Some(Epoch::Git) => git_info.commit_time.with_context(|| {
-                format!(
-                    "{}: source-date-epoch = \"git\", but no commit time could be read from git in {}",
+            Some(Epoch::Git) => git_info.commit_time.clone().map_err(|reason| {
+                anyhow!(
+                    "{}: source-date-epoch = \"git\", but git cannot tell the commit time in \
+                     {}: {reason}",
                     project.file.display(),
                     project.dir.display()
                 )
@@ -811,7 +781,7 @@ fn run_image(
         image.push_layer(info, source.clone(), created, &format!("layer.{name}"))?;
     }
     let mut edits = target.edits.clone();
-    for (key, value) in auto_labels(target, epoch, git_info, ctx)? {
+    for (key, value) in auto_labels(target, epoch, git_info)? {
         edits.labels.entry(key).or_insert(value);
     }
     edits.apply(&mut image.config)?;
@@ -897,51 +867,52 @@ fn run_image(
     Ok(Finished::Image(Box::new((image, digest, built)), outcome))
 }
 
-/// The OCI auto labels of an image (Yocto's OCI_IMAGE_AUTO_LABELS).
+/// The OCI auto labels of an image (Yocto's OCI_IMAGE_AUTO_LABELS). A label that comes from
+/// git and cannot be read is an error, never a silent change of the image's digest.
 fn auto_labels(
     target: &ImageTarget,
     epoch: i64,
     git: &GitInfo,
-    ctx: &Context,
 ) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let a = &target.auto_labels;
-    let mut derive = |key: &str, v: &LabelValue, derived: Option<String>, what: &str| {
+    let mut derive = |key: &str, v: &LabelValue, derived: Result<String, String>, what: &str| {
         let value = match v {
-            LabelValue::Off => return,
-            LabelValue::Fixed(s) => Some(s.clone()),
-            LabelValue::Derive | LabelValue::Git => derived,
+            LabelValue::Off => return Ok(()),
+            LabelValue::Fixed(s) => s.clone(),
+            LabelValue::Derive | LabelValue::Git => derived.map_err(|reason| {
+                anyhow!(
+                    "image.{}: the {key} label is the {what}, which git cannot tell in {}: \
+                     {reason}\n(give the label a value in auto-labels, or turn it off with \
+                     auto-labels = false)",
+                    target.name,
+                    git.dir.display()
+                )
+            })?,
         };
-        match value {
-            Some(v) => {
-                out.insert(key.to_owned(), v);
-            }
-            None => ctx.reporter.warn(&format!(
-                "image.{}: no {what} for the {key} label (is {} a git checkout?)",
-                target.name, "the project"
-            )),
-        }
+        out.insert(key.to_owned(), value);
+        Ok::<(), anyhow::Error>(())
     };
     derive(
         annotations::REVISION,
         &a.revision,
         git.revision.clone(),
         "git revision",
-    );
+    )?;
     derive(
         "org.opencontainers.image.ref.name",
         &a.ref_name,
         git.branch.clone(),
         "git branch",
-    );
+    )?;
     let created = match a.created {
         LabelValue::Git => git
             .commit_time
-            .map(gantry_oci::time::format_rfc3339)
-            .transpose()?,
-        _ => Some(gantry_oci::time::format_rfc3339(epoch)?),
+            .clone()
+            .and_then(|t| gantry_oci::time::format_rfc3339(t).map_err(|e| e.to_string())),
+        _ => Ok(gantry_oci::time::format_rfc3339(epoch)?),
     };
-    derive(annotations::CREATED, &a.created, created, "commit time");
+    derive(annotations::CREATED, &a.created, created, "commit time")?;
     Ok(out)
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `gantry` | the binary: argument parsing, logging, progress bars, printing |
 //! | `gantry-cli` | clap definitions only |
-//! | `gantry-ops` | this crate: one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`], [`run`] (run, unpack)); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching, which layouts' `base.name` may be followed); `step` runs build steps; [`remote_cache`] keeps action-cache entries in a registry |
+//! | `gantry-ops` | this crate (`git` reads revision and commit time for labels): one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`], [`run`] (run, unpack)); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching, which layouts' `base.name` may be followed); `step` runs build steps; [`remote_cache`] keeps action-cache entries in a registry |
 //! | `gantry-project` | gantry.toml: schema, validation with file:line:column, the target graph |
 //! | `gantry-cache` | the action cache (key → outputs) and the stat cache (file → digest) |
 //! | `gantry-oci` | digests, descriptors, media types, references, manifests, configs, canonical JSON |
@@ -35,6 +35,7 @@
 
 pub mod build;
 mod context;
+mod git;
 pub mod image;
 pub mod inspect;
 pub mod layer;

@@ -158,10 +158,13 @@ impl AutoLabels {
         *self != AutoLabels::off()
     }
 
+    /// What `auto-labels = true` gives: the labels that depend only on the commit (revision,
+    /// created). The branch (`ref.name`) is opt-in (`ref-name = "git"`): the same commit would
+    /// get another digest on another branch or in a detached CI checkout.
     fn derive_all() -> Self {
         AutoLabels {
             revision: LabelValue::Derive,
-            ref_name: LabelValue::Derive,
+            ref_name: LabelValue::Off,
             created: LabelValue::Derive,
         }
     }

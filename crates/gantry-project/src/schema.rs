@@ -203,14 +203,14 @@ pub enum AutoLabelsSpec {
     Table(AutoLabelsTable),
 }
 
-/// The table form of [`AutoLabelsSpec`]. Each value is a fixed label value, or `none` to leave
-/// the label out; a missing key means "derive it".
+/// The table form of [`AutoLabelsSpec`]. Each value is a fixed label value, `git` to take it
+/// from git, or `none` to leave the label out; a missing key means the default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AutoLabelsTable {
     /// `org.opencontainers.image.revision` (default: git HEAD).
     pub revision: Option<String>,
-    /// `org.opencontainers.image.ref.name` (default: the git branch).
+    /// `org.opencontainers.image.ref.name` (default: none; `git`: the git branch).
     pub ref_name: Option<String>,
     /// `org.opencontainers.image.created` (default: SOURCE_DATE_EPOCH; `git`: last commit).
     pub created: Option<String>,

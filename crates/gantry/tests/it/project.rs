@@ -473,6 +473,10 @@ auto-labels = true
 [image.custom]
 layers = ["l"]
 auto-labels = { revision = "pinned", ref-name = "none", created = "git" }
+
+[image.branched]
+layers = ["l"]
+auto-labels = { ref-name = "git" }
 "#,
     );
     let git = |args: &[&str]| {
@@ -509,7 +513,12 @@ auto-labels = { revision = "pinned", ref-name = "none", created = "git" }
     assert!(labels("plain").is_null());
     let l = labels("labelled");
     assert_eq!(l["org.opencontainers.image.revision"], head.as_str());
-    assert_eq!(l["org.opencontainers.image.ref.name"], "feature");
+    // The branch is opt-in: the default labels depend on the commit only.
+    assert!(l.get("org.opencontainers.image.ref.name").is_none(), "{l}");
+    assert_eq!(
+        labels("branched")["org.opencontainers.image.ref.name"],
+        "feature"
+    );
     assert_eq!(
         l["org.opencontainers.image.created"],
         "2023-11-14T22:13:20Z"
@@ -521,6 +530,114 @@ auto-labels = { revision = "pinned", ref-name = "none", created = "git" }
         c["org.opencontainers.image.created"],
         "2020-09-13T12:26:40Z"
     );
+}
+
+/// A project with `auto-labels = true` and `source-date-epoch = "git"`, committed in a git
+/// checkout on branch `feature`.
+fn labelled_checkout(t: &gantry_test::TestEnv) {
+    t.write("src/a.txt", "a");
+    t.write(
+        "gantry.toml",
+        "[settings]\nsource-date-epoch = \"git\"\nauto-labels = true\n\n[layer.l]\nfiles = { \"/a\" = \"src/a.txt\" }\n\n[image.i]\nlayers = [\"l\"]\n",
+    );
+    for args in [
+        &["init", "-q", "-b", "feature"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "-m",
+            "one",
+        ],
+    ] {
+        gantry_test::tool("git")
+            .args(args)
+            .current_dir(t.root())
+            .env("GIT_COMMITTER_DATE", "@1600000000 +0000")
+            .env("GIT_AUTHOR_DATE", "@1600000000 +0000")
+            .ok();
+    }
+}
+
+fn image_digest(t: &gantry_test::TestEnv, args: &[&str]) -> String {
+    let mut a = vec!["build", "--json"];
+    a.extend(args);
+    let r = json(&t.run(&a));
+    r["images"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn regression_a_checkout_owned_by_another_user_lost_its_revision_labels() {
+    let t = crate::env();
+    labelled_checkout(&t);
+    let ours = image_digest(&t, &[]);
+    // The checkout now belongs to another uid, as in a CI container: git calls it dubious.
+    gantry_test::tool("chown")
+        .args(["-R", "65534:65534"])
+        .arg(t.root().join(".git"))
+        .arg(t.root().join("src"))
+        .arg(t.root().join("gantry.toml"))
+        .ok();
+    gantry_test::tool("chown")
+        .args(["65534:65534"])
+        .arg(t.root())
+        .ok();
+    let plain = gantry_test::tool("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(t.root())
+        .env("HOME", t.user_home())
+        .fails();
+    assert_mentions(&plain.stderr, &["dubious ownership"]);
+    // Same labels, same epoch, same digest, even with -q.
+    t.run(&["clean"]);
+    assert_eq!(image_digest(&t, &["-q"]), ours);
+    let i = json(&t.run(&["inspect", "--json", "gantry-out/i"]));
+    let rev = i["config"]["config"]["Labels"]["org.opencontainers.image.revision"].clone();
+    assert_eq!(rev.as_str().map(str::len), Some(40), "{i}");
+    assert_eq!(i["config"]["created"], "2020-09-13T12:26:40Z");
+}
+
+#[test]
+fn regression_the_branch_name_changed_the_digest() {
+    let t = crate::env();
+    labelled_checkout(&t);
+    let on_branch = image_digest(&t, &[]);
+    gantry_test::tool("git")
+        .args(["checkout", "-q", "--detach"])
+        .current_dir(t.root())
+        .ok();
+    assert_eq!(image_digest(&t, &[]), on_branch, "a detached CI checkout");
+    gantry_test::tool("git")
+        .args(["checkout", "-q", "-b", "main"])
+        .current_dir(t.root())
+        .ok();
+    assert_eq!(image_digest(&t, &[]), on_branch, "another branch");
+}
+
+#[test]
+fn regression_auto_labels_outside_git_were_dropped_silently() {
+    let t = crate::env();
+    t.write("src/a.txt", "a");
+    t.write(
+        "gantry.toml",
+        "[layer.l]\nfiles = { \"/a\" = \"src/a.txt\" }\n\n[image.i]\nlayers = [\"l\"]\nauto-labels = true\n",
+    );
+    // Not a git checkout: git's own reason, the label and the way out, even with -q.
+    let err = t.fail(&["-q", "build"]);
+    assert_mentions(
+        &err,
+        &[
+            "image.i",
+            "org.opencontainers.image.revision",
+            "not a git repository",
+            "auto-labels",
+        ],
+    );
+    assert!(!t.path("gantry-out/i").exists());
 }
 
 #[test]
