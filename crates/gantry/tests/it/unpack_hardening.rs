@@ -238,6 +238,33 @@ fn regression_rootfs_cache_poisoning_by_copied_diff_ids() {
     let err = t.fail(&["unpack", &image_b, "dest"]);
     assert_mentions(&err, &["diff_id mismatch", &sha(&b_gz)]);
     assert!(!t.path("dest").exists());
+    // The same image from an oci-archive and from a registry (pushed there by skopeo, which
+    // does not look at diff_ids).
+    tool("tar")
+        .arg("-C")
+        .arg(t.path("img-b"))
+        .arg("-cf")
+        .arg(t.path("b.tar"))
+        .arg(".")
+        .ok();
+    let archive = format!("oci-archive:{}:t", t.path("b.tar").display());
+    let reg =
+        gantry_test::registry::Registry::start(gantry_test::registry::RegistryOptions::plain());
+    let remote = format!("docker://{}/poison/b:t", reg.host());
+    tool("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:t", t.path("img-b").display()))
+        .arg(&remote)
+        .ok();
+    for image in [&archive, &remote] {
+        let err = t
+            .gantry()
+            .args(["--insecure-registry", &reg.host(), "run", image])
+            .args(cat)
+            .fails()
+            .stderr;
+        assert_mentions(&err, &["diff_id mismatch", &sha(&b_gz)]);
+    }
     assert!(cache_entries(&t).is_empty(), "{:?}", cache_entries(&t));
     // A later run of A sees A's files, from a cache entry that is A's.
     let out = t.gantry().args(["run", &image_a]).args(cat).ok().stdout;
