@@ -66,6 +66,15 @@ pub struct GlobalArgs {
     /// Overrides `cache-to` in [settings].
     #[arg(long, global = true, value_name = "REPO")]
     pub cache_to: Option<String>,
+    /// Cap on the decompressed size of one layer read from a tar or an image (layer imports,
+    /// unpack, run, steps), such as 100GiB (default 64GiB). Overrides `max-layer-size` in
+    /// [settings].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_layer_size: Option<String>,
+    /// Cap on the decompressed size of all the layers of one image (default 256GiB).
+    /// Overrides `max-image-size` in [settings].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_image_size: Option<String>,
 }
 
 /// gantry's commands.
@@ -97,7 +106,8 @@ pub enum Command {
     /// runc; the container is removed afterwards and its exit code is gantry's.
     Run(RunArgs),
     /// Unpack an image's filesystem into a directory (applying whiteouts; every path resolved
-    /// inside the directory). The directory must be empty or absent.
+    /// inside the directory; every layer verified before the directory appears). The directory
+    /// must be empty or absent; it is left private (0700).
     Unpack(UnpackArgs),
     /// Push project images to their tags, or one image to the references given.
     Push(PushArgs),
@@ -399,11 +409,21 @@ pub struct RunArgs {
 pub struct UnpackArgs {
     /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, docker://REF.
     pub image: String,
-    /// The directory to unpack into (created; must be empty if it exists).
+    /// The directory to unpack into (created, mode 0700; an empty one is replaced, a
+    /// non-empty one refused). It appears only once every layer verified.
     pub dest: PathBuf,
     /// Platform to pick from an index (default: this machine's).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
+    /// Character and block devices of the image: placeholder (an empty file with mode 0000
+    /// in their place), skip (left out), or create (real device nodes; needs root).
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "placeholder",
+        value_parser = ["create", "placeholder", "skip"]
+    )]
+    pub devices: String,
 }
 
 /// `gantry lock`.

@@ -95,6 +95,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A tar input that decompresses past a cap ([`crate::limits::Limits`]).
+    #[error("{what}: {reason}")]
+    Limit {
+        /// The tar file or layer.
+        what: String,
+        /// Which cap, and its value.
+        reason: String,
+    },
     /// An unknown compression or an out-of-range level.
     #[error("invalid compression {name:?}: {reason}")]
     InvalidCompression {

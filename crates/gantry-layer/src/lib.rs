@@ -18,6 +18,7 @@ mod compress;
 mod error;
 mod fingerprint;
 mod info;
+pub mod limits;
 pub mod meta;
 mod path;
 pub mod recipe;
@@ -34,6 +35,7 @@ pub use compress::{Compressor, GZIP_BLOCK_SIZE};
 pub use error::Error;
 pub use fingerprint::FINGERPRINT_VERSION;
 pub use info::LayerInfo;
+pub use limits::Limits;
 pub use meta::Defaults;
 pub use path::ImagePath;
 pub use recipe::{
@@ -66,12 +68,13 @@ pub struct LayerOutput {
 }
 
 /// Writes the layer described by `plan` into `sink`. `jobs` bounds compression threads and
-/// never changes the bytes.
+/// never changes the bytes. An imported tar is decompressed within `limits`.
 pub fn write_layer<W: Write + Send>(
     plan: &LayerPlan,
     jobs: usize,
     sink: W,
     progress: &dyn Progress,
+    limits: &Limits,
 ) -> Result<(W, LayerOutput), Error> {
     match &plan.source {
         LayerSource::Recipe(recipe) => {
@@ -94,7 +97,7 @@ pub fn write_layer<W: Write + Send>(
             ))
         }
         LayerSource::Tar { path, how } => {
-            let (sink, imported) = tarread::import_tar(path, *how, jobs, sink)?;
+            let (sink, imported) = tarread::import_tar(path, *how, jobs, sink, limits)?;
             progress.advance(imported.uncompressed_size);
             Ok((
                 sink,
@@ -180,13 +183,21 @@ symlinks = { "/bin" = "usr/bin" }"#,
             let mut spec = spec.clone();
             spec.compression = Some(compression.to_owned());
             let plan = spec.plan(std::path::Path::new("."), 0, "test").unwrap();
-            let (hw, out) =
-                write_layer(&plan, 2, HashingWriter::new(Vec::new()), &NoProgress).unwrap();
+            let (hw, out) = write_layer(
+                &plan,
+                2,
+                HashingWriter::new(Vec::new()),
+                &NoProgress,
+                &Limits::default(),
+            )
+            .unwrap();
             let (blob, digest, size) = hw.finish();
             assert_eq!(digest, Digest::sha256(&blob));
             assert_eq!(size, blob.len() as u64);
             let mut plain = Vec::new();
-            tarread::decoder(&blob[..], gantry_oci::Compression::sniff(&blob))
+            let meter = limits::Meter::new();
+            let c = gantry_oci::Compression::sniff(&blob);
+            tarread::decoder(&blob[..], c, &Limits::default(), &meter)
                 .unwrap()
                 .read_to_end(&mut plain)
                 .unwrap();

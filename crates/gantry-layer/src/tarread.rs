@@ -11,29 +11,57 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
+use std::sync::Arc;
+
 use gantry_oci::{Compression, Digest, Hasher, HashingReader};
 
+use crate::limits::{Capped, CountConsumed, Limits, Meter};
 use crate::recipe::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use crate::{Compressor, Error};
 
 /// zstd window cap (2^27 = 128 MiB, libzstd's own default limit for decoders).
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
-/// Wraps `r` in a decoder for `compression`. gzip accepts many members; zstd refuses windows
-/// over 128 MiB.
+/// Wraps `r` in a decoder for `compression` (the identity for plain tars) whose output is
+/// capped by `limits` and counted, with the compressed bytes it consumes, in `meter`: every
+/// layer stream gantry reads goes through here. gzip accepts many members; zstd refuses
+/// windows over 128 MiB. Past a cap, reads fail and [`Meter::exceeded`] says why.
 pub fn decoder<'a, R: BufRead + 'a>(
     r: R,
     compression: Compression,
+    limits: &Limits,
+    meter: &Arc<Meter>,
 ) -> io::Result<Box<dyn Read + 'a>> {
-    Ok(match compression {
-        Compression::None => Box::new(r),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+    let input = CountConsumed {
+        inner: r,
+        meter: Arc::clone(meter),
+    };
+    let inner: Box<dyn Read + 'a> = match compression {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
+            let mut d = zstd::stream::read::Decoder::with_buffer(input)?;
             d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
             Box::new(d)
         }
-    })
+    };
+    Ok(Box::new(Capped {
+        inner,
+        meter: Arc::clone(meter),
+        limits: *limits,
+    }))
+}
+
+/// `result`, unless the stream of `meter` hit a cap: then the error says which (whatever the
+/// tar parser made of the failed read).
+fn within_limits<T>(result: Result<T, Error>, meter: &Meter, what: &str) -> Result<T, Error> {
+    match (result, meter.exceeded()) {
+        (Err(_), Some(reason)) => Err(Error::Limit {
+            what: what.to_owned(),
+            reason: reason.to_owned(),
+        }),
+        (r, _) => r,
+    }
 }
 
 /// Normalises a tar member name: leading `/` and `./` and empty or `.` components are dropped
@@ -252,18 +280,20 @@ pub enum TarImport {
 }
 
 /// Imports the tar at `src` (plain, gzip or zstd, detected) into `sink`, validating it while it
-/// streams and computing its diff_id, in one pass.
+/// streams and computing its diff_id, in one pass. Decompression stops at `limits` (the image
+/// cap counts this layer alone).
 pub fn import_tar<W: Write + Send>(
     src: &Path,
     how: TarImport,
     jobs: usize,
     sink: W,
+    limits: &Limits,
 ) -> Result<(W, ImportedTar), Error> {
     let file = File::open(src).map_err(|source| Error::Source {
         path: src.to_owned(),
         source,
     })?;
-    import_tar_from(file, &src.display().to_string(), how, jobs, sink)
+    import_tar_from(file, &src.display().to_string(), how, jobs, sink, limits)
 }
 
 /// [`import_tar`] from any reader (a blob being fetched or read from an archive); `what`
@@ -274,6 +304,21 @@ pub fn import_tar_from<R: Read, W: Write + Send>(
     how: TarImport,
     jobs: usize,
     sink: W,
+    limits: &Limits,
+) -> Result<(W, ImportedTar), Error> {
+    let meter = Meter::new();
+    let result = import_capped(reader, what, how, jobs, sink, limits, &meter);
+    within_limits(result, &meter, what)
+}
+
+fn import_capped<R: Read, W: Write + Send>(
+    reader: R,
+    what: &str,
+    how: TarImport,
+    jobs: usize,
+    sink: W,
+    limits: &Limits,
+    meter: &Arc<Meter>,
 ) -> Result<(W, ImportedTar), Error> {
     let what = what.to_owned();
     let src_err = |e: io::Error| Error::InvalidTar {
@@ -299,7 +344,7 @@ pub fn import_tar_from<R: Read, W: Write + Send>(
                     inner: file,
                     out: &mut sink,
                 });
-                validate_stream(tee, detected, &what)?
+                validate_stream(tee, detected, &what, limits, meter)?
             };
             Ok((
                 sink,
@@ -313,7 +358,7 @@ pub fn import_tar_from<R: Read, W: Write + Send>(
         }
         TarImport::Recompress(c) => {
             let (sink, (diff_id, stats)) = c.compress(jobs, sink, |w| {
-                let plain = decoder(file, detected).map_err(src_err)?;
+                let plain = decoder(file, detected, limits, meter).map_err(src_err)?;
                 let tee: Box<dyn Read + '_> = Box::new(Tee {
                     inner: plain,
                     out: w,
@@ -342,14 +387,17 @@ fn validate_stream<R: BufRead>(
     input: R,
     compression: Compression,
     what: &str,
+    limits: &Limits,
+    meter: &Arc<Meter>,
 ) -> Result<(Digest, TarStats), Error> {
     let mut input = input;
     let (diff_id, stats) = {
-        let plain = decoder(&mut input, compression).map_err(|e| Error::InvalidTar {
-            what: what.to_owned(),
-            entry: None,
-            reason: io_reason(&e),
-        })?;
+        let plain =
+            decoder(&mut input, compression, limits, meter).map_err(|e| Error::InvalidTar {
+                what: what.to_owned(),
+                entry: None,
+                reason: io_reason(&e),
+            })?;
         let mut hashing = HashingReader::new(plain, gantry_oci::Algorithm::Sha256);
         let stats = walk_tar(Box::new(&mut hashing), what, |_, _| Ok(()))?;
         let (_, d, _) = hashing.finish();
@@ -408,17 +456,31 @@ pub struct ListedEntry {
 }
 
 /// Lists the entries of a (possibly compressed) layer stream, hashing file contents.
+/// Decompression stops at the default [`Limits`].
 pub fn list_layer<'a, R: BufRead + 'a>(
     input: R,
     compression: Compression,
     what: &str,
-    mut each: impl FnMut(ListedEntry),
+    each: impl FnMut(ListedEntry),
 ) -> Result<TarStats, Error> {
-    let plain = decoder(input, compression).map_err(|e| Error::InvalidTar {
-        what: what.to_owned(),
-        entry: None,
-        reason: io_reason(&e),
-    })?;
+    let meter = Meter::new();
+    let result = list_capped(input, compression, what, each, &meter);
+    within_limits(result, &meter, what)
+}
+
+fn list_capped<'a, R: BufRead + 'a>(
+    input: R,
+    compression: Compression,
+    what: &str,
+    mut each: impl FnMut(ListedEntry),
+    meter: &Arc<Meter>,
+) -> Result<TarStats, Error> {
+    let plain =
+        decoder(input, compression, &Limits::default(), meter).map_err(|e| Error::InvalidTar {
+            what: what.to_owned(),
+            entry: None,
+            reason: io_reason(&e),
+        })?;
     walk_tar(plain, what, |path, entry| {
         let h = entry.header().clone();
         let kind = kind_name(h.entry_type()).unwrap_or("?");
@@ -602,31 +664,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("l.tar");
         std::fs::write(&plain, &t).unwrap();
-        let (kept, info) = import_tar(&plain, TarImport::Keep, 1, Vec::new()).unwrap();
+        let (kept, info) =
+            import_tar(&plain, TarImport::Keep, 1, Vec::new(), &Limits::default()).unwrap();
         assert_eq!(kept, t);
         assert_eq!(info.diff_id, Digest::sha256(&t));
         assert_eq!(info.compression, Compression::None);
 
         let gz = Compressor::new(Compression::Gzip);
-        let (gzipped, info2) =
-            import_tar(&plain, TarImport::Recompress(gz), 2, Vec::new()).unwrap();
+        let (gzipped, info2) = import_tar(
+            &plain,
+            TarImport::Recompress(gz),
+            2,
+            Vec::new(),
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(info2.diff_id, info.diff_id);
         assert_eq!(info2.compression, Compression::Gzip);
         let gzpath = dir.path().join("l.tar.gz");
         std::fs::write(&gzpath, &gzipped).unwrap();
-        let (kept_gz, info3) = import_tar(&gzpath, TarImport::Keep, 1, Vec::new()).unwrap();
+        let (kept_gz, info3) =
+            import_tar(&gzpath, TarImport::Keep, 1, Vec::new(), &Limits::default()).unwrap();
         assert_eq!(kept_gz, gzipped);
         assert_eq!(info3.diff_id, info.diff_id);
         assert_eq!(info3.compression, Compression::Gzip);
 
         let zs = Compressor::new(Compression::Zstd);
-        let (z, info4) = import_tar(&gzpath, TarImport::Recompress(zs), 2, Vec::new()).unwrap();
+        let (z, info4) = import_tar(
+            &gzpath,
+            TarImport::Recompress(zs),
+            2,
+            Vec::new(),
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(info4.diff_id, info.diff_id);
         assert_eq!(zstd::decode_all(&z[..]).unwrap(), t);
 
         // A truncated gzip is an error that names the file.
         std::fs::write(&gzpath, &gzipped[..gzipped.len() - 10]).unwrap();
-        let e = import_tar(&gzpath, TarImport::Keep, 1, Vec::new())
+        let e = import_tar(&gzpath, TarImport::Keep, 1, Vec::new(), &Limits::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("l.tar.gz"), "{e}");
@@ -649,7 +726,9 @@ metadata."/c" = { xattrs = { "user.x" = "y" }, uid = 3000000 }"#,
         .unwrap();
         spec.compression = Some("none".into());
         let plan = spec.plan(Path::new("."), 0, "t").unwrap();
-        let (out, _) = crate::write_layer(&plan, 1, Vec::new(), &crate::NoProgress).unwrap();
+        let (out, _) =
+            crate::write_layer(&plan, 1, Vec::new(), &crate::NoProgress, &Limits::default())
+                .unwrap();
         out
     }
 
@@ -680,7 +759,7 @@ metadata."/c" = { xattrs = { "user.x" = "y" }, uid = 3000000 }"#,
                 let n = z.len();
                 z[i % n] = b;
             }
-            if let Ok(r) = decoder(&z[..], c) {
+            if let Ok(r) = decoder(&z[..], c, &Limits::default(), &Meter::new()) {
                 let _ = walk_tar(r, "fuzz", |_, _| Ok(()));
             }
         }

@@ -30,7 +30,7 @@ fn layer(r: Recipe) -> Vec<u8> {
         created_by: "test".to_owned(),
         comment: None,
     };
-    let (bytes, out) = write_layer(&plan, 1, Vec::new(), &NoProgress).unwrap();
+    let (bytes, out) = write_layer(&plan, 1, Vec::new(), &NoProgress, &Default::default()).unwrap();
     assert_eq!(out.uncompressed_size, Some(bytes.len() as u64));
     bytes
 }

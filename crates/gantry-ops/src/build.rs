@@ -204,7 +204,7 @@ pub fn build(
             })?,
         }
     };
-    let mut ctx = ctx.clone();
+    let mut ctx = ctx.with_settings(&project.settings);
     ctx.source_date_epoch = epoch;
     let ctx = &ctx;
     let created = ctx.created()?;

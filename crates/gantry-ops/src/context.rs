@@ -49,6 +49,20 @@ pub struct Context {
     pub cache_from: Option<String>,
     /// `--cache-to`: a registry repository read and written for cache entries.
     pub cache_to: Option<String>,
+    /// Caps on decompressing layers (tar imports, unpacking): the defaults, then a project's
+    /// `max-layer-size` / `max-image-size` ([`Context::with_settings`]), then the flags.
+    pub limits: gantry_layer::Limits,
+    /// `--max-layer-size` and `--max-image-size` as given: they win over a project's settings.
+    pub size_flags: SizeFlags,
+}
+
+/// Sizes given on the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SizeFlags {
+    /// `--max-layer-size`.
+    pub max_layer_size: Option<u64>,
+    /// `--max-image-size`.
+    pub max_image_size: Option<u64>,
 }
 
 /// Registry options from the command line (a project's settings add to them).
@@ -108,7 +122,35 @@ impl Context {
             runtime: None,
             cache_from: None,
             cache_to: None,
+            limits: gantry_layer::Limits::default(),
+            size_flags: SizeFlags::default(),
         })
+    }
+
+    /// Sets the size caps given on the command line.
+    pub fn set_size_flags(&mut self, flags: SizeFlags) {
+        self.size_flags = flags;
+        self.apply_sizes(None, None);
+    }
+
+    /// This context for work on `project`: its `max-layer-size` and `max-image-size` apply,
+    /// unless the command line gave them.
+    pub fn with_settings(&self, settings: &gantry_project::Settings) -> Context {
+        let mut ctx = self.clone();
+        ctx.apply_sizes(settings.max_layer_size, settings.max_image_size);
+        ctx
+    }
+
+    fn apply_sizes(&mut self, layer: Option<u64>, image: Option<u64>) {
+        let f = self.size_flags;
+        self.limits.max_layer_size = f
+            .max_layer_size
+            .or(layer)
+            .unwrap_or(gantry_layer::limits::DEFAULT_MAX_LAYER_SIZE);
+        self.limits.max_image_size = f
+            .max_image_size
+            .or(image)
+            .unwrap_or(gantry_layer::limits::DEFAULT_MAX_IMAGE_SIZE);
     }
 
     /// Opens the store.

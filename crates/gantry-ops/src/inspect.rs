@@ -131,6 +131,7 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<InspectReport> {
                 TarImport::Keep,
                 1,
                 HashingWriter::new(io::sink()),
+                &ctx.limits,
             )
             .with_context(|| format!("cannot read {}", path.display()))?;
             let (_, digest, size) = hw.finish();

@@ -163,8 +163,9 @@ pub fn build_layer(
     let progress = ctx.reporter.layer_progress(label, total);
     let started = std::time::Instant::now();
     let writer = store.blob_writer()?;
-    let (writer, out) = gantry_layer::write_layer(plan, ctx.jobs, writer, progress.as_ref())
-        .with_context(|| format!("cannot build {label}"))?;
+    let (writer, out) =
+        gantry_layer::write_layer(plan, ctx.jobs, writer, progress.as_ref(), &ctx.limits)
+            .with_context(|| format!("cannot build {label}"))?;
     let written = started.elapsed();
     let (digest, size) = writer.commit(None)?;
     tracing::debug!(

@@ -26,7 +26,7 @@
 //! | `$GANTRY_HOME/refs-v1/<kind>/<hash>.json` | GC roots: `Store::set_ref`, written by [`layer`] and [`image`] for their outputs; `shallow` refs record the shallow layouts gantry wrote ([`registry`]) |
 //! | `$GANTRY_HOME/cache-v1/<xx>/<key>.json` | `gantry_cache::ActionCache`: layer cache entries, written by [`build`] |
 //! | `$GANTRY_HOME/stat-v1/<scope>` | `gantry_cache::StatCache`: input digests by file state, one file per project |
-//! | `$GANTRY_HOME/rootfs/v1/<alg>-<hex>/rootfs` | `gantry_unpack::RootfsCache`: unpacked images by chain id, for steps and `gantry run` |
+//! | `$GANTRY_HOME/rootfs/v2/<alg>-<hex>/rootfs` | `gantry_unpack::RootfsCache`: unpacked images by chain id (every layer verified against its diff_id), for steps and `gantry run`; checked by `gantry fsck` ([`maintenance`]) |
 //! | `$GANTRY_HOME/tmp/s-*` | per-process temp dirs (also step scratch: overlays, bundles), cleaned by the next open |
 //! | `gantry.lock` (next to gantry.toml) | `gantry_project::Lock`: pinned tags, written by [`lock`] |
 //! | `$GANTRY_HOME/locks/*.lock` | cross-process locks |
@@ -52,5 +52,5 @@ mod target;
 pub mod transfer;
 mod util;
 
-pub use context::{Context, NoReporter, RegistryOptions, Reporter, default_home};
+pub use context::{Context, NoReporter, RegistryOptions, Reporter, SizeFlags, default_home};
 pub use target::Target;

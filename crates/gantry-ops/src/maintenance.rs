@@ -3,13 +3,26 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use gantry_store::{FsckOptions, FsckReport, GcOptions, GcReport};
+use gantry_store::{Finding, FsckOptions, FsckReport, GcOptions, GcReport, Problem};
 
 use crate::Context;
 
-/// Runs `gantry fsck`.
+/// Runs `gantry fsck`: the store's blobs, refs and temp files, then the rootfs cache's
+/// bookkeeping ([`gantry_unpack::RootfsCache::check`]).
 pub fn fsck(ctx: &Context, repair: bool) -> Result<FsckReport> {
-    Ok(ctx.store()?.fsck(&FsckOptions { repair })?)
+    let store = ctx.store()?;
+    let mut report = store.fsck(&FsckOptions { repair })?;
+    let rootfs_dir = store.root().join(crate::step::ROOTFS_CACHE_DIR);
+    for issue in gantry_unpack::RootfsCache::check(&rootfs_dir, repair)? {
+        report.findings.push(Finding {
+            problem: Problem::Cache {
+                path: issue.path,
+                reason: issue.problem,
+            },
+            repaired: issue.repaired,
+        });
+    }
+    Ok(report)
 }
 
 /// What `gantry gc` did.

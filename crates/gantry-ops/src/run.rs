@@ -5,8 +5,9 @@
 use std::io::IsTerminal;
 
 use anyhow::{Context as _, Result, bail};
-use gantry_oci::{ImageConfig, Platform, json};
+use gantry_oci::Platform;
 use gantry_project::{Project, TargetRef};
+use gantry_unpack::{DevicePolicy, ImageLayer, UnpackOptions};
 
 use crate::Context;
 use crate::step;
@@ -21,7 +22,13 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
         env_overrides.push((k, v));
     }
     let runtime = step::runtime(ctx)?;
-    let (source, client) = match project_image(ctx, args)? {
+    let project = project_image(ctx, args)?;
+    // A project's size caps apply to its images.
+    let ctx = &match &project {
+        Some((p, _)) => ctx.with_settings(&p.settings),
+        None => ctx.clone(),
+    };
+    let (source, client) = match project {
         Some((project, name)) => {
             let report = crate::build::build(
                 ctx,
@@ -47,12 +54,12 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
         }
     };
     let store = ctx.store()?;
-    let config = ImageConfig::parse(
-        &store.read_blob(&source.config.digest, json::MAX_CONFIG_SIZE)?,
-        "image config",
-    )?;
     let label = args.image.clone();
+    let config = source
+        .runnable_config(&store, &label)
+        .with_context(|| format!("cannot run {label}"))?;
     let lower = step::cached_rootfs(
+        ctx,
         &store,
         Some(&client),
         &config.rootfs.diff_ids,
@@ -138,17 +145,42 @@ fn project_image(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<Option<(Pr
     }
 }
 
-/// Runs `gantry unpack`; returns a summary of what was unpacked.
+/// Runs `gantry unpack`; returns a summary of what was unpacked. The config is checked like
+/// `gantry run`'s, every layer is verified against its blob digest and its diff_id, and the
+/// destination appears (mode 0700) only once all of them did.
 pub fn unpack(ctx: &Context, args: &gantry_cli::UnpackArgs) -> Result<String> {
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
+    let devices = match args.devices.as_str() {
+        "create" => DevicePolicy::Create,
+        "skip" => DevicePolicy::Skip,
+        _ => DevicePolicy::Placeholder,
+    };
+    let dest = ctx.abs(&args.dest);
+    let failed = || format!("cannot unpack {} into {}", args.image, dest.display());
+    // Before any download.
+    gantry_unpack::check_destination(&dest).with_context(failed)?;
     let store = ctx.store()?;
     let client = crate::registry::client(ctx, None)?;
-    let source = open_source(ctx, &store, &client, &args.image, platform.as_ref())?;
-    let dest = ctx.abs(&args.dest);
+    let source =
+        open_source(ctx, &store, &client, &args.image, platform.as_ref()).with_context(failed)?;
+    let config = source
+        .runnable_config(&store, &args.image)
+        .with_context(failed)?;
     let readers = step::layer_readers(&store, Some(&client), &source.layers)?;
-    let stats =
-        gantry_unpack::unpack_image(&dest, readers, &gantry_unpack::UnpackOptions::default())
-            .with_context(|| format!("cannot unpack {} into {}", args.image, dest.display()))?;
+    let layers = readers
+        .into_iter()
+        .zip(config.rootfs.diff_ids)
+        .map(|((label, blob), diff_id)| ImageLayer {
+            label,
+            diff_id,
+            blob,
+        });
+    let opts = UnpackOptions {
+        devices,
+        limits: ctx.limits,
+        ..UnpackOptions::default()
+    };
+    let stats = gantry_unpack::unpack_image(&dest, layers, &opts).with_context(failed)?;
     Ok(format!(
         "{} layers, {} entries",
         source.layers.len(),

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! image ─► layer blobs (store, layout, or fetched from the registry into the store)
-//!   └─ RootfsCache::get_or_unpack(chain id)        $GANTRY_HOME/rootfs/v1/…, read-only use
+//!   └─ RootfsCache::get_or_unpack(diff_ids)        $GANTRY_HOME/rootfs/v2/<chain id>, read-only use;
+//!                                                   each layer verified against its diff_id
 //!        └─ prepare_rootfs(lower, scratch)         overlayfs (upper = the diff) or a copy
 //!             └─ bundle (config.json) + crun/runc  network off unless asked, inputs bound ro
 //!                  └─ outputs_recipe / overlay_diff_recipe / tree_diff_recipe ─► write_layer
@@ -19,7 +20,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_cache::{ActionCache, CacheKey, KeyHasher};
 use gantry_image::Image;
 use gantry_layer::{LayerInfo, LayerPlan, LayerSource};
-use gantry_oci::{Descriptor, Digest, Hasher, ImageConfig};
+use gantry_oci::{Descriptor, Digest, Hasher, ImageConfig, VerifyingReader};
 use gantry_project::{Capture, StepTarget};
 use gantry_registry::Client;
 use gantry_runtime::{BindMount, RunSpec, Runtime};
@@ -68,8 +69,10 @@ pub(crate) fn image_layers(image: &Image) -> Result<Vec<(Descriptor, BlobFrom)>>
 }
 
 /// The unpacked rootfs of an image with these `diff_ids` and `layers`, from the rootfs cache
-/// (unpacked on first use; registry layers are fetched into the store first, verified).
+/// (unpacked on first use, each layer verified against its blob digest and its diff_id;
+/// registry layers are fetched into the store first, verified).
 pub(crate) fn cached_rootfs(
+    ctx: &Context,
     store: &Store,
     client: Option<&Client>,
     diff_ids: &[Digest],
@@ -84,11 +87,13 @@ pub(crate) fn cached_rootfs(
         );
     }
     let cache = rootfs_cache(store)?;
-    let chain = gantry_unpack::chain_id(diff_ids);
-    let opts = gantry_unpack::UnpackOptions::default();
+    let opts = gantry_unpack::UnpackOptions {
+        limits: ctx.limits,
+        ..gantry_unpack::UnpackOptions::default()
+    };
     let path = cache
         .get_or_unpack(
-            &chain.to_string(),
+            diff_ids,
             || {
                 layer_readers(store, client, layers)
                     .map_err(|e| gantry_unpack::Error::Source(format!("{e:#}")))
@@ -99,16 +104,24 @@ pub(crate) fn cached_rootfs(
     Ok(path)
 }
 
-/// Opens a layer blob wherever it is; a registry blob is fetched into the store first
-/// (verified), so it is downloaded once.
+/// Opens a layer blob wherever it is, verified against its descriptor when read to its end;
+/// a registry blob is fetched into the store first (verified), so it is downloaded once.
 pub(crate) fn open_layer(
     store: &Store,
     client: Option<&Client>,
     desc: &Descriptor,
     from: &BlobFrom,
 ) -> Result<Box<dyn Read>> {
+    let from_store = |store: &Store| -> Result<Box<dyn Read>> {
+        Ok(Box::new(VerifyingReader::new(
+            store.open_blob(&desc.digest)?,
+            desc.digest.clone(),
+            desc.size,
+            format!("blob {} in the store", desc.digest),
+        )))
+    };
     Ok(match from {
-        _ if store.has(&desc.digest) => Box::new(store.open_blob(&desc.digest)?),
+        _ if store.has(&desc.digest) => from_store(store)?,
         BlobFrom::Store => bail!("blob {} is not in the store", desc.digest),
         BlobFrom::Layout(l) => Box::new(l.open_blob_verified(desc)?),
         BlobFrom::DockerArchive(a) => Box::new(a.open_blob_verified(desc)?),
@@ -125,7 +138,7 @@ pub(crate) fn open_layer(
             let what = format!("{registry}/{repository}@{}", desc.digest);
             let reader = client.repo(registry, repository, false).get_blob(desc)?;
             store.import(reader, (&desc.digest, desc.size), &what)?;
-            Box::new(store.open_blob(&desc.digest)?)
+            from_store(store)?
         }
     })
 }
@@ -406,6 +419,7 @@ pub(crate) fn run_step(
     let label = format!("step.{}", s.name);
     let runtime = runtime(ctx)?;
     let lower = cached_rootfs(
+        ctx,
         store,
         client,
         &job.image.config.rootfs.diff_ids,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use gantry_image::{Base, BlobSource, Built};
+use gantry_image::{Base, BlobSource, Built, Image};
 use gantry_layer::{Compressor, TarImport};
 use gantry_oci::{
     Descriptor, Digest, ImageManifest, Platform, Reference, annotations, json, media_types as mt,
@@ -155,6 +155,39 @@ impl SourceImage {
         }
     }
 
+    /// The config of an image to unpack or run, checked as a base image's is
+    /// ([`Image::from_manifest`]): an image config (not an artifact's), read strictly (no
+    /// duplicate keys, `rootfs.type` `layers`), one diff_id per layer, and every layer a tar
+    /// media type. The diff_ids are verified while the layers are unpacked. `what` names the
+    /// image in errors.
+    pub fn runnable_config(&self, store: &Store, what: &str) -> Result<gantry_oci::ImageConfig> {
+        let manifest =
+            gantry_oci::parse_manifest(&self.manifest_bytes, Some(&self.media_type), what)?;
+        let config_bytes = store.read_blob(&self.config.digest, json::MAX_CONFIG_SIZE)?;
+        let image = Image::from_manifest(
+            what,
+            &manifest,
+            &config_bytes,
+            BlobSource::Store,
+            self.digest.clone(),
+        )?;
+        Ok(image.config)
+    }
+
+    /// Reads an image config strictly (as [`gantry_oci::ImageConfig::parse`] does), so that
+    /// no command passes on a config that tools would read differently (duplicate keys).
+    /// Other configs (artifacts) are opaque.
+    fn check_config(&self, store: &Store, what: &str) -> Result<()> {
+        if mt::is_image_config(&self.config.media_type) {
+            let bytes = store.read_blob(&self.config.digest, json::MAX_CONFIG_SIZE)?;
+            gantry_oci::ImageConfig::parse(
+                &bytes,
+                &format!("{what}: config {}", self.config.digest),
+            )?;
+        }
+        Ok(())
+    }
+
     /// A built image (its config and manifest are in the store).
     pub fn from_built(b: &Built) -> Result<Self> {
         Ok(SourceImage {
@@ -225,8 +258,21 @@ impl SourceImage {
     }
 }
 
-/// Opens an image at a transport reference, reading only its manifest and config.
+/// Opens an image at a transport reference, reading only its manifest and config (an image
+/// config is read strictly).
 pub fn open_source(
+    ctx: &Context,
+    store: &Store,
+    client: &Client,
+    input: &str,
+    platform: Option<&Platform>,
+) -> Result<SourceImage> {
+    let image = open_unchecked(ctx, store, client, input, platform)?;
+    image.check_config(store, input)?;
+    Ok(image)
+}
+
+fn open_unchecked(
     ctx: &Context,
     store: &Store,
     client: &Client,
@@ -443,6 +489,7 @@ pub fn recompress(
             TarImport::Recompress(compressor),
             ctx.jobs,
             writer,
+            &ctx.limits,
         )?;
         let (digest, size) = writer.commit(None)?;
         if config.rootfs.diff_ids.get(i) != Some(&imported.diff_id) {

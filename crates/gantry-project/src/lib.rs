@@ -71,6 +71,10 @@ pub struct Settings {
     pub cache_from: Option<Reference>,
     /// Remote cache repository to read and write (`cache-to`).
     pub cache_to: Option<Reference>,
+    /// `max-layer-size` in bytes (tar imports, unpacking for steps).
+    pub max_layer_size: Option<u64>,
+    /// `max-image-size` in bytes.
+    pub max_image_size: Option<u64>,
 }
 
 /// A `[pull.NAME]` target: an image in a registry.
@@ -819,9 +823,28 @@ fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Sett
     };
     let cache_from = cache_repo("cache-from", &s.cache_from);
     let cache_to = cache_repo("cache-to", &s.cache_to);
+    let mut size = |key: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .and_then(|v| match gantry_layer::limits::parse_size(v) {
+                Ok(0) => {
+                    c.report(kp(&["settings", key]), "must be more than 0");
+                    None
+                }
+                Ok(n) => Some(n),
+                Err(e) => {
+                    c.report(kp(&["settings", key]), e);
+                    None
+                }
+            })
+    };
+    let max_layer_size = size("max-layer-size", &s.max_layer_size);
+    let max_image_size = size("max-image-size", &s.max_image_size);
     Settings {
         cache_from,
         cache_to,
+        max_layer_size,
+        max_image_size,
         source_date_epoch,
         output_dir: dir.join(s.output_dir.as_deref().unwrap_or(DEFAULT_OUTPUT_DIR)),
         platform,

@@ -120,6 +120,10 @@ pub struct SettingsSpec {
     pub cache_from: Option<String>,
     /// A registry repository read and written for remote cache entries.
     pub cache_to: Option<String>,
+    /// Cap on the decompressed size of one layer read from a tar or an image (`"64GiB"`).
+    pub max_layer_size: Option<String>,
+    /// Cap on the decompressed size of all the layers of one image (`"256GiB"`).
+    pub max_image_size: Option<String>,
 }
 
 /// `source-date-epoch`: seconds or `"git"`.

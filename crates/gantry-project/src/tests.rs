@@ -496,3 +496,29 @@ layers = ["shared", "never"]
     assert_eq!(parents("forced"), Some(true));
     assert_eq!(parents("never"), Some(false));
 }
+
+#[test]
+fn size_caps_are_sizes() {
+    let d = dir_with_files();
+    let p = load(
+        d.path(),
+        "[settings]\nmax-layer-size = \"100GiB\"\nmax-image-size = \"1TB\"\n",
+    )
+    .unwrap();
+    assert_eq!(p.settings.max_layer_size, Some(100 << 30));
+    assert_eq!(p.settings.max_image_size, Some(1_000_000_000_000));
+    let e = errors(
+        d.path(),
+        "[settings]\nmax-layer-size = \"lots\"\nmax-image-size = \"0\"\n",
+    );
+    assert!(
+        e.iter()
+            .any(|g| g.starts_with("gantry.toml:2:1: settings.max-layer-size: invalid size")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|g| g.starts_with("gantry.toml:3:1: settings.max-image-size: must be more")),
+        "{e:?}"
+    );
+}

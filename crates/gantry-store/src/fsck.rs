@@ -77,6 +77,14 @@ pub enum Problem {
         /// The entry.
         path: PathBuf,
     },
+    /// An inconsistent entry of a cache kept in the store directory (such as the rootfs
+    /// cache), found by that cache's own check.
+    Cache {
+        /// The entry.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -114,6 +122,7 @@ impl fmt::Display for Problem {
             Problem::LeftoverTemp { path } => {
                 write!(f, "leftover temp entry {}", path.display())
             }
+            Problem::Cache { path, reason } => write!(f, "{}: {reason}", path.display()),
         }
     }
 }

@@ -4,24 +4,25 @@
 //! cargo run --release -p gantry-unpack --example unpack -- ROOTFS LAYER...
 //! ```
 //!
-//! Prints nothing; fails with the error. Meant for timing against `umoci unpack`.
+//! Prints nothing; fails with the error. Meant for timing against `umoci unpack`. The layers
+//! are applied one by one with `unpack_layer` (no diff_ids to verify them against), so a
+//! failure leaves a partial tree.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args_os().skip(1);
     let root = args.next().ok_or("usage: unpack ROOTFS LAYER...")?;
-    let mut layers: Vec<(String, Box<dyn Read>)> = Vec::new();
+    let root = Path::new(&root);
+    std::fs::create_dir_all(root)?;
+    if std::fs::read_dir(root)?.next().is_some() {
+        return Err(format!("{} is not empty", root.display()).into());
+    }
+    let opts = gantry_unpack::UnpackOptions::default();
     for path in args {
         let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        layers.push((path.to_string_lossy().into_owned(), Box::new(file)));
+        gantry_unpack::unpack_layer(root, &path.to_string_lossy(), file, &opts)?;
     }
-    gantry_unpack::unpack_image(
-        Path::new(&root),
-        layers,
-        &gantry_unpack::UnpackOptions::default(),
-    )?;
     Ok(())
 }

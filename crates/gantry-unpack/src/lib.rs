@@ -21,22 +21,33 @@
 //! `.wh...`, a whiteout with children), hard links to missing targets or directories,
 //! out-of-range device numbers, GNU sparse files, global PAX headers, over-long names,
 //! too many entries, too deep paths, and streams decompressing past [`UnpackOptions`]' caps
-//! (checked while streaming, so memory stays bounded). Duplicate paths are allowed: the last
-//! one wins, as with runc, umoci and GNU tar, and a warning is logged.
+//! (checked while streaming on the bytes the decompressor consumes, so memory and disk stay
+//! bounded). Duplicate paths are allowed: the last one wins, as with runc, umoci and GNU tar,
+//! and a warning is logged.
+//!
+//! Images are verified before anything becomes visible: every layer of [`unpack_image`] and of
+//! the [`RootfsCache`] is hashed while it streams (the whole decompressed stream, trailing
+//! zeros included) and must match its diff_id, and the caller's blob reader (normally a
+//! digest-verifying one) is read to its end. The tree is built in a private (0700) temporary
+//! directory and renamed into place only when every layer verified; on any error it is
+//! removed and the destination is left as it was.
 
 mod cache;
 mod fsops;
 mod stream;
+mod tmpdir;
 mod unpack;
 
 use std::io;
 use std::path::PathBuf;
 
-pub use cache::{RootfsCache, chain_id};
+pub use cache::{CacheIssue, RootfsCache, chain_id};
 pub use fsops::read_in_root;
-pub use unpack::{unpack_image, unpack_layer};
+pub use gantry_layer::limits::Limits;
+pub use unpack::{ImageLayer, check_destination, unpack_image, unpack_layer};
 
-/// What to do with character devices, block devices and fifos.
+/// What to do with character and block devices (fifos need no privilege and give none: they
+/// are always created).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DevicePolicy {
     /// Create them with `mknod` (needs root for character and block devices).
@@ -63,16 +74,11 @@ impl Default for DevicePolicy {
 /// Limits and policies of an unpack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackOptions {
-    /// Character and block devices and fifos.
+    /// Character and block devices.
     pub devices: DevicePolicy,
-    /// Cap on the decompressed bytes of one layer (tar headers, data and padding included).
-    pub max_size: u64,
-    /// Cap on decompressed / compressed bytes of one layer, checked while streaming once more
-    /// than [`UnpackOptions::ratio_floor`] bytes have been decompressed.
-    pub max_ratio: u64,
-    /// Decompressed bytes allowed whatever the ratio, so small, very compressible layers (a
-    /// few files of zeros) are not refused.
-    pub ratio_floor: u64,
+    /// Caps on the decompressed bytes of one layer and of one image (tar headers, data and
+    /// padding included), and on the decompressed / consumed compressed ratio.
+    pub limits: Limits,
     /// Cap on the number of entries of one layer.
     pub max_entries: u64,
     /// Cap on the number of components of an entry's path.
@@ -84,15 +90,13 @@ pub struct UnpackOptions {
 }
 
 impl Default for UnpackOptions {
-    /// 64 GiB, ratio 1000 above a 256 MiB floor, 10 million entries, depth 1024, owners and
-    /// xattrs restored when running as root, devices per [`DevicePolicy::default`].
+    /// [`Limits::default`], 10 million entries, depth 1024, owners and xattrs restored when
+    /// running as root, devices per [`DevicePolicy::default`].
     fn default() -> Self {
         let root = is_root();
         UnpackOptions {
             devices: DevicePolicy::default(),
-            max_size: 64 << 30,
-            max_ratio: 1000,
-            ratio_floor: 256 << 20,
+            limits: Limits::default(),
             max_entries: 10_000_000,
             max_depth: 1024,
             preserve_ownership: root,
@@ -192,6 +196,27 @@ pub enum Error {
         /// Which limit, and its value.
         reason: String,
     },
+    /// The decompressed layer does not hash to the diff_id the image config gives it.
+    #[error(
+        "layer {layer}: diff_id mismatch: its content hashes to {actual}, but the image config \
+         says {expected}"
+    )]
+    DiffIdMismatch {
+        /// The layer's label.
+        layer: String,
+        /// The config's diff_id.
+        expected: gantry_oci::Digest,
+        /// What the decompressed stream hashes to.
+        actual: gantry_oci::Digest,
+    },
+    /// An image has not as many layers as diff_ids.
+    #[error("the image has {layers} layers but {diff_ids} diff_ids")]
+    LayerCount {
+        /// Layers given.
+        layers: usize,
+        /// diff_ids given.
+        diff_ids: usize,
+    },
     /// A filesystem operation outside of any layer failed (opening the root, the cache).
     #[error("{op} {path}: {source}")]
     Io {
@@ -206,14 +231,9 @@ pub enum Error {
     /// [`unpack_image`] needs an empty (or missing) root.
     #[error("{0} is not empty; refusing to unpack an image over existing files")]
     RootNotEmpty(PathBuf),
-    /// A chain id given to [`RootfsCache::get_or_unpack`] is not a valid digest.
-    #[error("invalid chain id {chain_id:?}: {reason}")]
-    InvalidChainId {
-        /// The string given.
-        chain_id: String,
-        /// Why it is invalid.
-        reason: String,
-    },
+    /// [`unpack_image`]'s destination exists and is not a directory (a symlink is not followed).
+    #[error("{0} exists and is not a directory")]
+    RootNotDir(PathBuf),
     /// A file read with [`read_in_root`] is not a regular file or is too large.
     #[error("{path}: {reason}")]
     InRoot {

@@ -1,24 +1,27 @@
-//! The reader stack under the tar parser: counting the compressed input, capping the
-//! decompressed output (absolute size and ratio), and a watch on tar headers that refuses
+//! The reader stack under the tar parser. On the calling thread: the caller's blob reader,
+//! counted ([`CountIn`]). On a helper thread ([`Pipelined`]): the decompressor from
+//! [`gantry_layer::tarread::decoder`], which enforces the size and ratio caps on the bytes it
+//! actually consumes and produces, and a sha256 of everything it produces (the diff_id, trailing
+//! zeros included). Back on the calling thread: a watch on tar headers ([`Tap`]) that refuses
 //! oversized PAX / GNU long-name records (which the `tar` crate would read into memory whole),
 //! GNU sparse entries and global PAX headers before their data is read.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufReader, Read};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use gantry_oci::Compression;
-
-use crate::UnpackOptions;
+use gantry_layer::limits::{Limits, Meter};
+use gantry_oci::{Algorithm, Compression, Digest, HashingReader};
 
 /// The largest PAX extended header or GNU long name/link record accepted. Real ones are a few
 /// hundred bytes; xattrs can make PAX headers larger, but not by megabytes.
 pub(crate) const MAX_EXTENSION: u64 = 1 << 20;
 
-/// State shared between the readers and the unpacker.
+/// State shared between the readers and the unpacker (on the calling thread).
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     /// Compressed bytes read from the caller's reader.
@@ -27,13 +30,15 @@ pub(crate) struct Shared {
     pub(crate) decompressed: Cell<u64>,
     /// The stream offset of the next tar header to inspect, if any.
     pub(crate) watch: Cell<Option<u64>>,
-    /// Why the stream was cut (a limit), if it was.
-    pub(crate) limit: RefCell<Option<String>>,
-    /// Why a header was refused, if one was.
+    /// Why a header or the stream was refused, if it was.
     pub(crate) refused: RefCell<Option<String>>,
+    /// The caller's reader failed (for example a blob digest mismatch), with this message.
+    pub(crate) source_error: RefCell<Option<String>>,
+    /// The digest of the whole decompressed stream, once it ended.
+    pub(crate) diff_id: RefCell<Option<Digest>>,
 }
 
-/// Counts the compressed bytes read from the caller's reader.
+/// Counts the compressed bytes read from the caller's reader and remembers its error.
 pub(crate) struct CountIn<R> {
     pub(crate) inner: R,
     pub(crate) shared: Rc<Shared>,
@@ -41,32 +46,34 @@ pub(crate) struct CountIn<R> {
 
 impl<R: Read> Read for CountIn<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    *self.shared.source_error.borrow_mut() = Some(e.to_string());
+                }
+                return Err(e);
+            }
+        };
         let c = &self.shared.compressed;
         c.set(c.get() + n as u64);
         Ok(n)
     }
 }
 
-/// Counts and caps the decompressed stream and inspects tar headers at the watched offsets.
+/// Counts the decompressed stream and inspects tar headers at the watched offsets.
 pub(crate) struct Tap<R> {
     inner: R,
     shared: Rc<Shared>,
-    max_size: u64,
-    max_ratio: u64,
-    ratio_floor: u64,
     header: Box<[u8; 512]>,
     filled: usize,
 }
 
 impl<R: Read> Tap<R> {
-    pub(crate) fn new(inner: R, shared: Rc<Shared>, opts: &UnpackOptions) -> Self {
+    pub(crate) fn new(inner: R, shared: Rc<Shared>) -> Self {
         Tap {
             inner,
             shared,
-            max_size: opts.max_size,
-            max_ratio: opts.max_ratio.max(1),
-            ratio_floor: opts.ratio_floor,
             header: Box::new([0; 512]),
             filled: 0,
         }
@@ -77,18 +84,11 @@ impl<R: Read> Tap<R> {
         self.shared.decompressed.get()
     }
 
-    fn cut(&self, reason: String) -> io::Error {
-        let e = io::Error::other(reason.clone());
-        *self.shared.limit.borrow_mut() = Some(reason);
-        e
-    }
-
     fn refuse(&self, reason: String) -> io::Error {
         let e = io::Error::new(io::ErrorKind::InvalidData, reason.clone());
         *self.shared.refused.borrow_mut() = Some(reason);
         e
     }
-
     /// Feeds the bytes `data`, which start at stream offset `start`, to the header watch.
     fn inspect(&mut self, data: &[u8], start: u64) -> io::Result<()> {
         let end = start + data.len() as u64;
@@ -152,22 +152,7 @@ impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let start = self.shared.decompressed.get();
-        let end = start + n as u64;
-        self.shared.decompressed.set(end);
-        if end > self.max_size {
-            return Err(self.cut(format!(
-                "the layer decompresses to more than {} bytes (the size limit)",
-                self.max_size
-            )));
-        }
-        let compressed = self.shared.compressed.get();
-        if end > self.ratio_floor && end > compressed.saturating_mul(self.max_ratio) {
-            return Err(self.cut(format!(
-                "the layer decompresses to more than {} times its compressed size \
-                 ({end} bytes from {compressed}; the ratio limit)",
-                self.max_ratio
-            )));
-        }
+        self.shared.decompressed.set(start + n as u64);
         self.inspect(&buf[..n], start)?;
         Ok(n)
     }
@@ -180,14 +165,25 @@ const OUT_CHUNK: usize = 1 << 20;
 /// Chunks in flight each way: memory stays within a few MiB.
 const IN_FLIGHT: usize = 4;
 
+/// What the decompression thread sends back.
+enum Msg {
+    /// Decompressed bytes.
+    Data(Vec<u8>),
+    /// The end of the decompressed stream, and its digest.
+    End(Digest),
+}
+
 /// Decompresses on a helper thread while the calling thread parses the tar and writes files.
 /// The caller's reader stays on the calling thread (it need not be `Send`): compressed chunks
 /// go to the helper through a bounded channel, decompressed chunks come back through another.
+/// Every layer goes through here, compressed or not, so every layer is capped and hashed.
 pub(crate) struct Pipelined<R> {
-    src: R,
+    src: CountIn<R>,
+    shared: Rc<Shared>,
+    meter: Arc<Meter>,
     in_tx: Option<SyncSender<Vec<u8>>>,
     pending: Option<Vec<u8>>,
-    out_rx: Option<Receiver<io::Result<Vec<u8>>>>,
+    out_rx: Option<Receiver<io::Result<Msg>>>,
     cur: Vec<u8>,
     pos: usize,
     done: bool,
@@ -220,66 +216,89 @@ impl Read for ChanReader {
     }
 }
 
+/// The decompression thread: decodes `input` within `limits`, hashes the output with
+/// `algorithm`, and sends it in chunks, then its digest.
+fn decompress(
+    input: ChanReader,
+    compression: Compression,
+    limits: Limits,
+    meter: Arc<Meter>,
+    algorithm: Algorithm,
+    out_tx: SyncSender<io::Result<Msg>>,
+) {
+    let input = BufReader::with_capacity(IN_CHUNK, input);
+    let dec = match gantry_layer::tarread::decoder(input, compression, &limits, &meter) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = out_tx.send(Err(e));
+            return;
+        }
+    };
+    let mut dec = HashingReader::new(dec, algorithm);
+    loop {
+        let mut buf = vec![0u8; OUT_CHUNK];
+        let mut n = 0;
+        let res = loop {
+            match dec.read(&mut buf[n..]) {
+                Ok(0) => break Ok(()),
+                Ok(k) => {
+                    n += k;
+                    if n == buf.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(n);
+        let end = n == 0;
+        if n > 0 && out_tx.send(Ok(Msg::Data(buf))).is_err() {
+            return;
+        }
+        match res {
+            Err(e) => {
+                let _ = out_tx.send(Err(e));
+                return;
+            }
+            Ok(()) if end => {
+                let (_, digest, _) = dec.finish();
+                let _ = out_tx.send(Ok(Msg::End(digest)));
+                return;
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
 impl<R: Read> Pipelined<R> {
-    /// Starts decompressing `src` (whose first bytes `head` were already read) as
-    /// `compression`.
-    pub(crate) fn start(src: R, head: Vec<u8>, compression: Compression) -> io::Result<Self> {
+    /// Starts decompressing `src` (whose first bytes `head` were already read through it) as
+    /// `compression`, within `limits`, counting in `meter` and hashing with `algorithm`.
+    pub(crate) fn start(
+        src: CountIn<R>,
+        head: Vec<u8>,
+        compression: Compression,
+        limits: &Limits,
+        meter: &Arc<Meter>,
+        algorithm: Algorithm,
+    ) -> io::Result<Self> {
         let (in_tx, in_rx) = mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
-        let (out_tx, out_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(IN_FLIGHT);
+        let (out_tx, out_rx) = mpsc::sync_channel::<io::Result<Msg>>(IN_FLIGHT);
+        let input = ChanReader {
+            rx: in_rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let (limits, thread_meter) = (*limits, Arc::clone(meter));
         let thread = std::thread::Builder::new()
             .name("gantry-unpack-decompress".into())
             .spawn(move || {
-                let input = BufReader::with_capacity(
-                    IN_CHUNK,
-                    ChanReader {
-                        rx: in_rx,
-                        cur: Vec::new(),
-                        pos: 0,
-                    },
-                );
-                let mut dec = match gantry_layer::tarread::decoder(input, compression) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = out_tx.send(Err(e));
-                        return;
-                    }
-                };
-                loop {
-                    let mut buf = vec![0u8; OUT_CHUNK];
-                    let mut n = 0;
-                    let res = loop {
-                        match dec.read(&mut buf[n..]) {
-                            Ok(0) => break Ok(()),
-                            Ok(k) => {
-                                n += k;
-                                if n == buf.len() {
-                                    break Ok(());
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => break Err(e),
-                        }
-                    };
-                    buf.truncate(n);
-                    let end = n == 0;
-                    if n > 0 && out_tx.send(Ok(buf)).is_err() {
-                        return;
-                    }
-                    match res {
-                        Err(e) => {
-                            let _ = out_tx.send(Err(e));
-                            return;
-                        }
-                        Ok(()) if end => {
-                            let _ = out_tx.send(Ok(Vec::new()));
-                            return;
-                        }
-                        Ok(()) => {}
-                    }
-                }
+                decompress(input, compression, limits, thread_meter, algorithm, out_tx)
             })?;
         Ok(Pipelined {
+            shared: Rc::clone(&src.shared),
             src,
+            meter: Arc::clone(meter),
             in_tx: Some(in_tx),
             pending: Some(head),
             out_rx: Some(out_rx),
@@ -328,16 +347,44 @@ impl<R: Read> Pipelined<R> {
         }
     }
 
-    /// Takes one message from the helper: `Ok(true)` when there is data to read.
-    fn take(&mut self, msg: io::Result<Vec<u8>>) -> io::Result<bool> {
-        let chunk = msg?;
-        if chunk.is_empty() {
-            self.done = true;
-            return Ok(false);
+    /// The decompressed stream ended: the caller's reader must end where the compressed
+    /// stream did. It is read to its end (so that a verifying reader checks the blob's digest
+    /// and size), and anything the decompressor did not consume is refused.
+    fn finish_input(&mut self) -> io::Result<()> {
+        self.in_tx = None;
+        self.pending = None;
+        let mut buf = vec![0u8; IN_CHUNK];
+        loop {
+            match self.src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        self.cur = chunk;
-        self.pos = 0;
-        Ok(true)
+        if self.shared.compressed.get() != self.meter.consumed() {
+            let reason = "data follows the end of the compressed stream".to_owned();
+            *self.shared.refused.borrow_mut() = Some(reason.clone());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+        }
+        Ok(())
+    }
+
+    /// Takes one message from the helper: `Ok(true)` when there is data to read.
+    fn take(&mut self, msg: io::Result<Msg>) -> io::Result<bool> {
+        match msg? {
+            Msg::Data(chunk) => {
+                self.cur = chunk;
+                self.pos = 0;
+                Ok(true)
+            }
+            Msg::End(digest) => {
+                self.finish_input()?;
+                *self.shared.diff_id.borrow_mut() = Some(digest);
+                self.done = true;
+                Ok(false)
+            }
+        }
     }
 }
 
@@ -435,48 +482,9 @@ mod tests {
         assert_eq!(header_size(b"9999\0\0\0\0\0\0\0\0"), None);
     }
 
-    fn tap_over(data: Vec<u8>, opts: &UnpackOptions) -> (Tap<io::Cursor<Vec<u8>>>, Rc<Shared>) {
+    fn tap_over(data: Vec<u8>) -> (Tap<io::Cursor<Vec<u8>>>, Rc<Shared>) {
         let shared = Rc::new(Shared::default());
-        shared.compressed.set(data.len() as u64);
-        (
-            Tap::new(io::Cursor::new(data), shared.clone(), opts),
-            shared,
-        )
-    }
-
-    #[test]
-    fn size_cap_trips_while_streaming() {
-        let opts = UnpackOptions {
-            max_size: 1000,
-            ..UnpackOptions::default()
-        };
-        let (mut tap, shared) = tap_over(vec![0; 5000], &opts);
-        let mut buf = [0u8; 600];
-        assert_eq!(tap.read(&mut buf).unwrap(), 600);
-        assert!(tap.read(&mut buf).is_err());
-        assert!(
-            shared
-                .limit
-                .borrow()
-                .as_deref()
-                .unwrap()
-                .contains("size limit")
-        );
-    }
-
-    #[test]
-    fn ratio_cap_applies_above_the_floor() {
-        let opts = UnpackOptions {
-            max_ratio: 10,
-            ratio_floor: 100,
-            ..UnpackOptions::default()
-        };
-        let (mut tap, shared) = tap_over(vec![0; 5000], &opts);
-        shared.compressed.set(10);
-        let mut buf = [0u8; 100];
-        assert_eq!(tap.read(&mut buf).unwrap(), 100, "within the floor");
-        let err = tap.read(&mut buf).unwrap_err();
-        assert!(err.to_string().contains("ratio limit"), "{err}");
+        (Tap::new(io::Cursor::new(data), shared.clone()), shared)
     }
 
     #[test]
@@ -487,7 +495,7 @@ mod tests {
         h.set_cksum();
         let mut data = h.as_bytes().to_vec();
         data.extend(vec![b'a'; 4096]);
-        let (mut tap, shared) = tap_over(data, &UnpackOptions::default());
+        let (mut tap, shared) = tap_over(data);
         shared.watch.set(Some(0));
         // Fed in small pieces, so the header straddles reads.
         let mut buf = [0u8; 100];

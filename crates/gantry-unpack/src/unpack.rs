@@ -2,13 +2,15 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
+use gantry_layer::limits::Meter;
 use gantry_layer::tarread::{check_whiteout_name, normalize_member_name};
-use gantry_oci::Compression;
+use gantry_oci::{Algorithm, Compression, Digest};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
@@ -36,9 +38,11 @@ const MAX_MINOR: u32 = (1 << 20) - 1;
 const COPY_BUF: usize = 256 << 10;
 
 /// Applies one layer (a tar stream, plain, gzip or zstd, detected) on top of what `root`
-/// already holds. `label` names the layer in errors (a digest, a file name). Layers of an
-/// image are applied by calling this once per layer, in order. On error the rootfs is left
-/// partially updated (never anything outside it); callers discard it.
+/// already holds. `label` names the layer in errors (a digest, a file name). This is the
+/// building block for tools and tests: nothing is verified against a diff_id, and on error the
+/// rootfs is left partially updated (never anything outside it). Images go through
+/// [`unpack_image`] or the [`crate::RootfsCache`], which verify every layer and make the tree
+/// visible only when all of them did.
 pub fn unpack_layer(
     root: &Path,
     label: &str,
@@ -46,47 +50,131 @@ pub fn unpack_layer(
     opts: &UnpackOptions,
 ) -> Result<UnpackStats> {
     let fd = open_root(root)?;
-    Layer::new(Rc::new(fd), label, opts).run(reader)
+    Layer::new(Rc::new(fd), label, opts).run(reader, None, &Meter::new())
 }
 
-/// Unpacks the layers of an image, in order, into `root`, which is created (0755) when missing
-/// and must otherwise be empty. Each item is a label for errors (a digest) and the layer blob.
-/// Returns the sum of the layers' statistics.
+/// One layer of an image.
+pub struct ImageLayer {
+    /// Names the layer in errors (normally its digest).
+    pub label: String,
+    /// What the whole decompressed stream must hash to: the config's diff_id.
+    pub diff_id: Digest,
+    /// The blob (plain, gzip or zstd, detected), ideally a reader that verifies the blob's
+    /// digest and size when it reaches its end: it is always read to its end.
+    pub blob: Box<dyn Read>,
+}
+
+/// Unpacks the layers of an image, in order, into `dest`, atomically: they are applied in a
+/// private temporary directory next to `dest` (`.gantry-unpack-<pid>-…`, mode 0700, locked
+/// while its owner lives), each verified against its diff_id while it streams, and the tree is
+/// renamed to `dest` only when every layer verified. On error the temporary directory is
+/// removed and `dest` is left as it was. `dest` must be absent or an empty directory (which is
+/// replaced); it ends up owned by the caller with mode 0700, whatever the image says about its
+/// root, so that other users cannot reach setuid files or devices inside. Temporary
+/// directories next to `dest` whose owner died are removed first. Returns the sum of the
+/// layers' statistics.
 pub fn unpack_image(
-    root: &Path,
-    layers: impl IntoIterator<Item = (String, Box<dyn Read>)>,
+    dest: &Path,
+    layers: impl IntoIterator<Item = ImageLayer>,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats> {
-    match std::fs::create_dir(root) {
-        Ok(()) => std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).map_err(
-            |source| Error::Io {
-                op: "chmod",
-                path: root.to_owned(),
-                source,
-            },
-        )?,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(Error::Io {
-                op: "create",
-                path: root.to_owned(),
-                source,
-            });
+    let io_err = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { op, path, source }
+    };
+    check_destination(dest)?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Some(dest_name) = dest.file_name() else {
+        return Err(Error::RootNotDir(dest.to_owned()));
+    };
+    let parent_fd = open_dir_path(parent).map_err(io_err("open", parent))?;
+    crate::tmpdir::clean_beside(parent_fd.as_fd(), parent);
+    let tmp = crate::tmpdir::TempDir::create(parent_fd.as_fd(), parent)?;
+    let result = (|| {
+        let root = tmp.path().join(ROOTFS);
+        let stats = unpack_into(&root, layers, opts)?;
+        let fd = open_root(&root)?;
+        // The image may have given its root any owner and mode: dest is the caller's, private.
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::process::geteuid()),
+            Some(rustix::process::getegid()),
+        )
+        .map_err(|e| io_err("chown", &root)(e.into()))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err("chmod", &root)(e.into()))?;
+        let from = Path::new(tmp.name()).join(ROOTFS);
+        match rustix::fs::renameat(&parent_fd, &from, &parent_fd, dest_name) {
+            Ok(()) => {}
+            Err(Errno::NOTEMPTY | Errno::EXIST) => {
+                return Err(Error::RootNotEmpty(dest.to_owned()));
+            }
+            Err(Errno::NOTDIR) => return Err(Error::RootNotDir(dest.to_owned())),
+            Err(e) => return Err(io_err("rename into place", dest)(e.into())),
         }
+        let _ = rustix::fs::fsync(&parent_fd);
+        Ok(stats)
+    })();
+    tmp.remove();
+    result
+}
+
+/// The name of the tree inside a temporary directory.
+pub(crate) const ROOTFS: &str = "rootfs";
+
+/// Checks that `dest` is absent or an empty directory (not a symlink to one), as
+/// [`unpack_image`] needs; callers can check before fetching anything.
+pub fn check_destination(dest: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(md) if md.is_dir() => {
+            let mut entries = std::fs::read_dir(dest).map_err(|source| Error::Io {
+                op: "list",
+                path: dest.to_owned(),
+                source,
+            })?;
+            if entries.next().is_some() {
+                return Err(Error::RootNotEmpty(dest.to_owned()));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(Error::RootNotDir(dest.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            op: "stat",
+            path: dest.to_owned(),
+            source,
+        }),
     }
-    let fd = open_root(root)?;
-    let names = list_dir(fd.as_fd()).map_err(|source| Error::Io {
-        op: "list",
-        path: root.to_owned(),
-        source,
-    })?;
-    if !names.is_empty() {
-        return Err(Error::RootNotEmpty(root.to_owned()));
-    }
-    let fd = Rc::new(fd);
+}
+
+/// Unpacks and verifies the layers of an image into `root`, created here (mode 0700; it must
+/// not exist) inside a directory private to the caller. Each layer must hash to its diff_id;
+/// the image cap counts every layer.
+pub(crate) fn unpack_into(
+    root: &Path,
+    layers: impl IntoIterator<Item = ImageLayer>,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(root)
+        .map_err(|source| Error::Io {
+            op: "create",
+            path: root.to_owned(),
+            source,
+        })?;
+    let fd = Rc::new(open_root(root)?);
     let mut total = UnpackStats::default();
-    for (label, reader) in layers {
-        let stats = Layer::new(fd.clone(), &label, opts).run(reader)?;
+    for layer in layers {
+        let meter = Meter::after(total.bytes);
+        let stats = Layer::new(fd.clone(), &layer.label, opts).run(
+            layer.blob,
+            Some(&layer.diff_id),
+            &meter,
+        )?;
         total.add(&stats);
     }
     Ok(total)
@@ -152,6 +240,8 @@ struct Layer<'a> {
     saved_mtimes: HashMap<Vec<u8>, Timespec>,
     stats: UnpackStats,
     buf: Vec<u8>,
+    /// The counters and caps of the stream.
+    meter: Arc<Meter>,
 }
 
 fn errno(e: &io::Error) -> Option<Errno> {
@@ -234,6 +324,7 @@ impl<'a> Layer<'a> {
             saved_mtimes: HashMap::new(),
             stats: UnpackStats::default(),
             buf: vec![0; COPY_BUF],
+            meter: Meter::new(),
         }
     }
 
@@ -263,23 +354,35 @@ impl<'a> Layer<'a> {
         }
     }
 
-    /// An error of the stream under the tar parser: a limit, a refused header, corruption.
+    /// An error of the stream under the tar parser: a limit, a refused header or trailing
+    /// data, the caller's reader (a blob digest mismatch), corruption.
     fn stream_err(&self, shared: &Shared, e: io::Error) -> Error {
-        if let Some(reason) = shared.limit.borrow().clone() {
+        if let Some(reason) = self.meter.exceeded() {
             return Error::Limit {
                 layer: self.label.to_owned(),
-                reason,
+                reason: reason.to_owned(),
             };
         }
         if let Some(reason) = shared.refused.borrow().clone() {
             return self.layer_err(reason);
+        }
+        if let Some(reason) = shared.source_error.borrow().clone() {
+            return self.layer_err(format!("cannot read the layer: {reason}"));
         }
         self.layer_err(stream_reason(&e))
     }
 
     // ---- the stream ----
 
-    fn run(mut self, reader: impl Read) -> Result<UnpackStats> {
+    /// Applies the layer `reader`; when `expected` is given, the whole decompressed stream
+    /// must hash to it. `meter` counts the stream (and knows the image's earlier layers).
+    fn run(
+        mut self,
+        reader: impl Read,
+        expected: Option<&Digest>,
+        meter: &Arc<Meter>,
+    ) -> Result<UnpackStats> {
+        self.meter = Arc::clone(meter);
         let shared = Rc::new(Shared::default());
         let mut input = CountIn {
             inner: reader,
@@ -301,18 +404,18 @@ impl<'a> Layer<'a> {
             return Err(self.layer_err("the layer is empty"));
         }
         let compression = Compression::sniff(&head);
-        let plain: Box<dyn Read + '_> = match compression {
-            // Plain tars need no help; compressed ones are decompressed on a second thread
-            // while this one writes files.
-            Compression::None => Box::new(BufReader::with_capacity(
-                256 << 10,
-                io::Cursor::new(head).chain(input),
-            )),
-            _ => Box::new(Pipelined::start(input, head, compression).map_err(|e| {
-                self.layer_err(format!("cannot start {compression} decompression: {e}"))
-            })?),
-        };
-        let mut archive = tar::Archive::new(Tap::new(plain, shared.clone(), self.opts));
+        let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
+        // Decompressed (and capped and hashed) on a second thread while this one writes files.
+        let plain = Pipelined::start(
+            input,
+            head,
+            compression,
+            &self.opts.limits,
+            meter,
+            algorithm,
+        )
+        .map_err(|e| self.layer_err(format!("cannot start {compression} decompression: {e}")))?;
+        let mut archive = tar::Archive::new(Tap::new(plain, shared.clone()));
         shared.watch.set(Some(0));
         let mut end_of_last = 0u64;
         let entries = archive.entries().map_err(|e| self.stream_err(&shared, e))?;
@@ -350,9 +453,23 @@ impl<'a> Layer<'a> {
                 return Err(self.layer_err("data follows the end of the archive"));
             }
         }
+        let actual = shared
+            .diff_id
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| self.layer_err("the decompressed stream did not end"))?;
+        if let Some(expected) = expected
+            && actual != *expected
+        {
+            return Err(Error::DiffIdMismatch {
+                layer: self.label.to_owned(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
         self.finish_dirs()?;
         self.stats.bytes = shared.decompressed.get();
-        self.stats.compressed_bytes = shared.compressed.get();
+        self.stats.compressed_bytes = self.meter.consumed();
         tracing::debug!(layer = self.label, ?compression, stats = ?self.stats, "layer unpacked");
         Ok(self.stats)
     }

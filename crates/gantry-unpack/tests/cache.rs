@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{Tb, gz, names, opts};
+use common::{Tb, decompress, gz, names, opts};
 use gantry_oci::Digest;
 use gantry_unpack::{Error, RootfsCache, chain_id};
 
@@ -25,7 +25,24 @@ fn layers_of(data: Vec<u8>) -> Layers {
     vec![("sha256:l".to_owned(), Box::new(io::Cursor::new(data)))]
 }
 
-const CHAIN: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+/// The diff_ids of an image made of `layers`.
+fn ids(layers: &[Vec<u8>]) -> Vec<Digest> {
+    layers
+        .iter()
+        .map(|l| Digest::sha256(&decompress(l)))
+        .collect()
+}
+
+/// The entry name of an image made of `layers`.
+fn key(layers: &[Vec<u8>]) -> String {
+    format!("sha256-{}", chain_id(&ids(layers)).hex())
+}
+
+fn other_layer() -> Vec<u8> {
+    let mut tb = Tb::new();
+    tb.file("other", "other");
+    gz(&tb.finish())
+}
 
 #[test]
 fn chain_ids_follow_the_image_spec() {
@@ -48,9 +65,10 @@ fn a_second_call_reuses_the_rootfs_without_opening_layers() {
     let dir = tempfile::tempdir().unwrap();
     let cache = RootfsCache::open(dir.path()).unwrap();
     let calls = AtomicUsize::new(0);
+    let diff_ids = ids(&[layer()]);
     let get = || {
         cache.get_or_unpack(
-            CHAIN,
+            &diff_ids,
             || {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Ok(layers_of(layer()))
@@ -66,25 +84,24 @@ fn a_second_call_reuses_the_rootfs_without_opening_layers() {
     let second = get().unwrap();
     assert_eq!(first, second);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert!(first.ends_with(format!("v1/sha256-{}/rootfs", &CHAIN[7..])));
+    assert!(first.ends_with(format!("v2/{}/rootfs", key(&[layer()]))));
     // Reopening finds it too.
     let again = RootfsCache::open(dir.path()).unwrap();
     let p = again
-        .get_or_unpack(CHAIN, || panic!("must not unpack again"), &opts())
+        .get_or_unpack(&diff_ids, || panic!("must not unpack again"), &opts())
         .unwrap();
     assert_eq!(p, first);
-    assert_eq!(again.get(&Digest::parse(CHAIN).unwrap()), Some(first));
+    assert_eq!(again.get(&diff_ids), Some(first));
     // Only the entry and its lock remain; no temp dirs.
     let left: Vec<String> = names(again.dir())
         .into_iter()
         .map(|n| String::from_utf8(n).unwrap())
         .collect();
-    assert_eq!(
-        left,
-        vec![
-            format!("sha256-{}", &CHAIN[7..]),
-            format!("sha256-{}.lock", &CHAIN[7..])
-        ]
+    let k = key(&[layer()]);
+    assert_eq!(left, vec![k.clone(), format!("{k}.lock")]);
+    assert!(
+        RootfsCache::check(dir.path(), false).unwrap().is_empty(),
+        "a cache in use is consistent"
     );
 }
 
@@ -101,7 +118,7 @@ fn racing_threads_unpack_once() {
                 barrier.wait();
                 cache
                     .get_or_unpack(
-                        CHAIN,
+                        &ids(&[layer()]),
                         || {
                             calls.fetch_add(1, Ordering::SeqCst);
                             // Widen the window for the others to arrive.
@@ -127,6 +144,7 @@ fn racing_threads_unpack_once() {
 fn crash_leftovers_are_removed_at_open_but_live_ones_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let v1 = RootfsCache::open(dir.path()).unwrap().dir().to_owned();
+    let k = key(&[layer()]);
     // A crashed unpack with its (unlocked) lock file, one without a lock file, and a stray lock.
     for name in ["tmp-dead-1", "tmp-dead-2"] {
         fs::create_dir_all(v1.join(name).join("rootfs/usr/bin")).unwrap();
@@ -141,7 +159,7 @@ fn crash_leftovers_are_removed_at_open_but_live_ones_are_kept() {
     let live_lock = File::create(v1.join("tmp-live.lock")).unwrap();
     live_lock.lock().unwrap();
     // A complete entry stays.
-    let done = v1.join(format!("sha256-{}", &CHAIN[7..]));
+    let done = v1.join(&k);
     fs::create_dir_all(done.join("rootfs")).unwrap();
 
     let cache = RootfsCache::open(dir.path()).unwrap();
@@ -151,11 +169,7 @@ fn crash_leftovers_are_removed_at_open_but_live_ones_are_kept() {
         .collect();
     assert_eq!(
         left,
-        vec![
-            format!("sha256-{}", &CHAIN[7..]),
-            "tmp-live".to_owned(),
-            "tmp-live.lock".to_owned()
-        ]
+        vec![k.clone(), "tmp-live".to_owned(), "tmp-live.lock".to_owned()]
     );
     assert!(std::path::Path::new("/usr/bin").exists());
     drop(live_lock);
@@ -174,66 +188,76 @@ fn failures_leave_nothing_behind() {
     // A bad layer.
     let mut tb = Tb::new();
     tb.file("ok", "fine").file("../escape", "x");
+    let bad = gz(&tb.finish());
+    let diff_ids = ids(std::slice::from_ref(&bad));
     let err = cache
-        .get_or_unpack(CHAIN, || Ok(layers_of(tb.finish())), &opts())
+        .get_or_unpack(&diff_ids, || Ok(layers_of(bad.clone())), &opts())
         .unwrap_err();
     assert!(err.to_string().contains("'..'"), "{err}");
     // A failing source.
     let err = cache
         .get_or_unpack(
-            CHAIN,
+            &diff_ids,
             || Err(Error::Source("the registry is down".into())),
             &opts(),
         )
         .unwrap_err();
     assert_eq!(err.to_string(), "the registry is down");
-    // An invalid chain id never becomes a path.
+    // Not one layer per diff_id.
     let err = cache
-        .get_or_unpack("sha256:../../etc", || panic!("not called"), &opts())
+        .get_or_unpack(
+            &diff_ids,
+            || {
+                let mut two = layers_of(layer());
+                two.extend(layers_of(layer()));
+                Ok(two)
+            },
+            &opts(),
+        )
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidChainId { .. }), "{err}");
+    assert!(matches!(err, Error::LayerCount { .. }), "{err}");
     let left: Vec<String> = names(cache.dir())
         .into_iter()
         .map(|n| String::from_utf8(n).unwrap())
         .collect();
     assert_eq!(
         left,
-        vec![format!("sha256-{}.lock", &CHAIN[7..])],
+        vec![format!("{}.lock", key(&[bad]))],
         "no temp dirs, no entry"
     );
     // And a later success works.
     cache
-        .get_or_unpack(CHAIN, || Ok(layers_of(layer())), &opts())
+        .get_or_unpack(&ids(&[layer()]), || Ok(layers_of(layer())), &opts())
         .unwrap();
 }
 
 #[test]
 fn entries_unused_for_long_are_pruned_and_used_ones_kept() {
-    const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
     let dir = tempfile::tempdir().unwrap();
     let cache = RootfsCache::open(dir.path()).unwrap();
+    let (chain, other) = (ids(&[layer()]), ids(&[other_layer()]));
     let old = cache
-        .get_or_unpack(CHAIN, || Ok(layers_of(layer())), &opts())
+        .get_or_unpack(&chain, || Ok(layers_of(layer())), &opts())
         .unwrap();
     let fresh = cache
-        .get_or_unpack(OTHER, || Ok(layers_of(layer())), &opts())
+        .get_or_unpack(&other, || Ok(layers_of(other_layer())), &opts())
         .unwrap();
     let ten_days_ago = filetime::FileTime::from_system_time(
         std::time::SystemTime::now() - Duration::from_secs(10 * 86_400),
     );
-    let lock_of = |c: &str| cache.dir().join(format!("sha256-{}.lock", &c[7..]));
-    filetime::set_file_mtime(lock_of(CHAIN), ten_days_ago).unwrap();
-    filetime::set_file_mtime(lock_of(OTHER), ten_days_ago).unwrap();
+    let lock_of = |l: Vec<u8>| cache.dir().join(format!("{}.lock", key(&[l])));
+    filetime::set_file_mtime(lock_of(layer()), ten_days_ago).unwrap();
+    filetime::set_file_mtime(lock_of(other_layer()), ten_days_ago).unwrap();
     // A use refreshes the entry.
     cache
-        .get_or_unpack(OTHER, || panic!("cached"), &opts())
+        .get_or_unpack(&other, || panic!("cached"), &opts())
         .unwrap();
     let day = Duration::from_secs(86_400);
     assert_eq!(cache.prune(day, true).unwrap(), 1, "dry run counts");
     assert!(old.is_dir(), "a dry run removes nothing");
     assert_eq!(cache.prune(day, false).unwrap(), 1);
     assert!(
-        !old.exists() && !lock_of(CHAIN).exists(),
+        !old.exists() && !lock_of(layer()).exists(),
         "the unused entry is gone"
     );
     assert!(fresh.is_dir(), "the used entry stays");

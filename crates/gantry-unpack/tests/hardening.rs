@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{Fx, Opt, SECRET, Tb, gz, names, opts, stat, zst};
-use gantry_unpack::{DevicePolicy, Error, RootfsCache, UnpackOptions};
+use gantry_unpack::{DevicePolicy, Error, Limits, RootfsCache, UnpackOptions};
 use tar::EntryType;
 
 fn abs(p: &Path) -> Vec<u8> {
@@ -165,15 +165,9 @@ fn t4_the_root_never_changes_type() {
         l1.entry(name, ty, b"", &abs(&host), &Opt::default());
         let mut l2 = Tb::new();
         l2.file("etc/x", "x");
-        let layers: Vec<(String, Box<dyn Read>)> = vec![
-            (
-                "sha256:layer-one".into(),
-                Box::new(io::Cursor::new(l1.finish())),
-            ),
-            (
-                "sha256:layer-two".into(),
-                Box::new(io::Cursor::new(l2.finish())),
-            ),
+        let layers = vec![
+            common::image_layer("sha256:layer-one", l1.finish()),
+            common::image_layer("sha256:layer-two", l2.finish()),
         ];
         let err = gantry_unpack::unpack_image(&fx.root, layers, &opts()).unwrap_err();
         let msg = err.to_string();
@@ -181,7 +175,7 @@ fn t4_the_root_never_changes_type() {
         assert!(msg.contains("sha256:layer-one"), "{msg}");
         assert!(fs::symlink_metadata(&fx.root).unwrap().is_dir());
         assert!(names(&fx.root).is_empty(), "layer two was not applied");
-        fx.assert_host_untouched();
+        fx.assert_host_untouched_but_t_mtime();
     }
 }
 
@@ -602,10 +596,9 @@ fn t9_devices_are_created_as_root_inside_a_private_cache() {
     fs::set_permissions(fx.t.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let cache = RootfsCache::open(&fx.t.path().join("cache")).unwrap();
     let layer = device_layer();
-    let chain = gantry_unpack::chain_id(&[gantry_oci::Digest::sha256(&layer)]);
     let rootfs = cache
         .get_or_unpack(
-            &chain.to_string(),
+            &[gantry_oci::Digest::sha256(&layer)],
             || {
                 Ok(vec![(
                     "dev-layer".to_owned(),
@@ -752,7 +745,10 @@ fn t10_gzip_bomb_hits_the_size_cap_while_streaming() {
         flate2::Compression::fast(),
     );
     let o = UnpackOptions {
-        max_size: 64 << 20,
+        limits: Limits {
+            max_layer_size: 64 << 20,
+            ..Limits::default()
+        },
         ..opts()
     };
     let start = Instant::now();
@@ -776,8 +772,11 @@ fn t10_gzip_bomb_hits_the_ratio_cap() {
         flate2::Compression::best(),
     );
     let o = UnpackOptions {
-        max_ratio: 100,
-        ratio_floor: 1 << 20,
+        limits: Limits {
+            max_ratio: 100,
+            ratio_floor: 1 << 20,
+            ..Limits::default()
+        },
         ..opts()
     };
     let err = gantry_unpack::unpack_layer(&fx.root, "sha256:bomb", bomb, &o).unwrap_err();
@@ -794,8 +793,11 @@ fn t10_small_compressible_layers_pass_under_the_floor() {
     let layer = gz(&tb.finish());
     assert!(layer.len() < 64 << 10, "ratio is over 60");
     let o = UnpackOptions {
-        max_ratio: 10,
-        ratio_floor: 8 << 20,
+        limits: Limits {
+            max_ratio: 10,
+            ratio_floor: 8 << 20,
+            ..Limits::default()
+        },
         ..opts()
     };
     fx.unpack_with(&layer, &o).unwrap();
@@ -822,7 +824,10 @@ fn t10_zstd_windows_over_128_mib_are_refused() {
 fn t10_trailing_zeros_after_an_empty_tar_count_toward_the_cap() {
     let fx = Fx::new();
     let o = UnpackOptions {
-        max_size: 64 << 20,
+        limits: Limits {
+            max_layer_size: 64 << 20,
+            ..Limits::default()
+        },
         ..opts()
     };
     // Plain and gzip: an empty archive (all zero blocks) of 2 GiB.
@@ -1105,5 +1110,436 @@ fn t12_names_are_unpacked_byte_exact() {
             .as_os_str()
             .as_bytes(),
         b"\xff-target"
+    );
+}
+
+// ---- Issue 11: layers verified against their diff_ids, caps on consumed bytes, atomic and
+// private destinations, a checked rootfs cache ----
+
+fn motd_layer(text: &str) -> Vec<u8> {
+    let mut tb = Tb::new();
+    tb.dir("etc").file("etc/motd", text);
+    gz(&tb.finish())
+}
+
+fn boxed(blob: Vec<u8>) -> Box<dyn Read> {
+    Box::new(io::Cursor::new(blob))
+}
+
+/// The names in T (next to T/root) that are gantry's temporary directories.
+fn temp_dirs(fx: &Fx) -> Vec<String> {
+    names(fx.t.path())
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .filter(|n| n.starts_with(".gantry-unpack-"))
+        .collect()
+}
+
+#[test]
+fn regression_cache_poisoning_every_layer_must_match_its_diff_id() {
+    let fx = Fx::new();
+    let cache = RootfsCache::open(&fx.t.path().join("cache")).unwrap();
+    let trusted = motd_layer("trusted\n");
+    let evil = motd_layer("attacker\n");
+    let a_ids = vec![gantry_oci::Digest::sha256(&common::decompress(&trusted))];
+    // Image B's config copies image A's diff_ids; its layer differs.
+    let err = cache
+        .get_or_unpack(
+            &a_ids,
+            || Ok(vec![("sha256:evil-layer".to_owned(), boxed(evil.clone()))]),
+            &opts(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::DiffIdMismatch { .. }), "{err}");
+    let msg = err.to_string();
+    for needle in [
+        "sha256:evil-layer",
+        "diff_id mismatch",
+        &a_ids[0].to_string(),
+    ] {
+        assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
+    }
+    assert_eq!(
+        cache.get(&a_ids),
+        None,
+        "nothing is cached under A's chain id"
+    );
+    let left: Vec<String> = names(cache.dir())
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .collect();
+    assert_eq!(left.len(), 1, "only the entry's lock: {left:?}");
+    assert!(left[0].ends_with(".lock"), "{left:?}");
+    // A later use of A sees A's files.
+    let rootfs = cache
+        .get_or_unpack(
+            &a_ids,
+            || Ok(vec![("sha256:trusted".to_owned(), boxed(trusted.clone()))]),
+            &opts(),
+        )
+        .unwrap();
+    assert_eq!(fs::read(rootfs.join("etc/motd")).unwrap(), b"trusted\n");
+    // The second layer of two lying: nothing becomes visible either.
+    let base = motd_layer("base\n");
+    let ids2 = vec![
+        gantry_oci::Digest::sha256(&common::decompress(&base)),
+        a_ids[0].clone(),
+    ];
+    let err = cache
+        .get_or_unpack(
+            &ids2,
+            || {
+                Ok(vec![
+                    ("sha256:base".to_owned(), boxed(base.clone())),
+                    ("sha256:evil-layer".to_owned(), boxed(evil.clone())),
+                ])
+            },
+            &opts(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("sha256:evil-layer"), "{err}");
+    assert_eq!(cache.get(&ids2), None);
+    // An entry planted under A's chain id without a matching record is not served: it is
+    // replaced by a verified unpack.
+    let other = tempfile::tempdir().unwrap();
+    let cache2 = RootfsCache::open(other.path()).unwrap();
+    let key = format!("sha256-{}", gantry_unpack::chain_id(&a_ids).hex());
+    fs::create_dir_all(cache2.dir().join(&key).join("rootfs/etc")).unwrap();
+    fs::write(cache2.dir().join(&key).join("rootfs/etc/motd"), "planted\n").unwrap();
+    assert_eq!(cache2.get(&a_ids), None);
+    let rootfs = cache2
+        .get_or_unpack(
+            &a_ids,
+            || Ok(vec![("sha256:trusted".to_owned(), boxed(trusted.clone()))]),
+            &opts(),
+        )
+        .unwrap();
+    assert_eq!(fs::read(rootfs.join("etc/motd")).unwrap(), b"trusted\n");
+    assert!(RootfsCache::check(other.path(), false).unwrap().is_empty());
+    assert_eq!(
+        names(&fx.root),
+        Vec::<Vec<u8>>::new(),
+        "nothing went elsewhere"
+    );
+}
+
+#[test]
+fn regression_the_diff_id_covers_the_whole_stream_trailing_zeros_included() {
+    let mut tb = Tb::new();
+    tb.file("a", "a");
+    let tar = tb.finish();
+    let mut padded = tar.clone();
+    padded.extend_from_slice(&[0u8; 8192]);
+    for (blob, name) in [
+        (padded.clone(), "plain"),
+        (gz(&padded), "gzip"),
+        (common::zst(&padded), "zstd"),
+    ] {
+        let fx = Fx::new();
+        let dest = fx.t.path().join("dest");
+        // The diff_id of the tar without its trailing zeros is not this layer's.
+        let layer = gantry_unpack::ImageLayer {
+            label: "sha256:padded".to_owned(),
+            diff_id: gantry_oci::Digest::sha256(&tar),
+            blob: boxed(blob.clone()),
+        };
+        let err = gantry_unpack::unpack_image(&dest, [layer], &opts()).unwrap_err();
+        assert!(matches!(err, Error::DiffIdMismatch { .. }), "{name}: {err}");
+        assert!(!dest.exists(), "{name}");
+        let layer = gantry_unpack::ImageLayer {
+            label: "sha256:padded".to_owned(),
+            diff_id: gantry_oci::Digest::sha256(&padded),
+            blob: boxed(blob),
+        };
+        gantry_unpack::unpack_image(&dest, [layer], &opts()).unwrap();
+        assert_eq!(fs::read(dest.join("a")).unwrap(), b"a", "{name}");
+    }
+}
+
+#[test]
+fn regression_a_gzip_bomb_is_stopped_by_the_ratio_on_consumed_bytes() {
+    // 2 GiB of zeros in 2 MB of gzip, all of it readable at once: the ratio must be measured
+    // against what the decompressor consumed, not what was read ahead into buffers.
+    let bomb = common::zeros_bomb(2 << 30, false);
+    assert!(bomb.len() < 3 << 20, "{}", bomb.len());
+    let fx = Fx::new();
+    let start = Instant::now();
+    let err = gantry_unpack::unpack_layer(&fx.root, "sha256:bomb", &bomb[..], &opts()).unwrap_err();
+    assert!(matches!(err, Error::Limit { .. }), "{err}");
+    assert!(err.to_string().contains("ratio limit"), "{err}");
+    let written = fs::metadata(fx.root.join("bomb")).unwrap().len();
+    assert!(
+        written <= Limits::default().ratio_floor + (4 << 20),
+        "{written} bytes written before the cap"
+    );
+    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+    fx.assert_host_untouched();
+}
+
+#[test]
+fn regression_a_zstd_bomb_is_stopped_within_seconds() {
+    // 10 GiB of zeros in a few kB of zstd.
+    let bomb = common::zeros_bomb(10 << 30, true);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let fx = Fx::new();
+    let start = Instant::now();
+    let err = gantry_unpack::unpack_layer(&fx.root, "sha256:bomb", &bomb[..], &opts()).unwrap_err();
+    assert!(err.to_string().contains("ratio limit"), "{err}");
+    assert!(fs::metadata(fx.root.join("bomb")).unwrap().len() <= 68 << 20);
+    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+}
+
+#[test]
+fn regression_the_image_size_cap_counts_every_layer() {
+    let layer = |name: &str| {
+        let mut tb = Tb::new();
+        tb.file(name, vec![7u8; 3 << 20]);
+        gz(&tb.finish())
+    };
+    let o = UnpackOptions {
+        limits: Limits {
+            max_image_size: 5 << 20,
+            ..Limits::default()
+        },
+        ..opts()
+    };
+    let fx = Fx::new();
+    let dest = fx.t.path().join("dest");
+    let layers = [
+        common::image_layer("sha256:one", layer("one")),
+        common::image_layer("sha256:two", layer("two")),
+    ];
+    let err = gantry_unpack::unpack_image(&dest, layers, &o).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("sha256:two") && msg.contains("image size limit"),
+        "{msg}"
+    );
+    assert!(msg.contains("5 MiB"), "{msg}");
+    assert!(!dest.exists());
+    // Each layer alone is within the layer cap.
+    let o = UnpackOptions {
+        limits: Limits {
+            max_layer_size: 3 << 20,
+            ..Limits::default()
+        },
+        ..opts()
+    };
+    let err =
+        gantry_unpack::unpack_image(&dest, [common::image_layer("sha256:one", layer("one"))], &o)
+            .unwrap_err();
+    assert!(err.to_string().contains("layer size limit"), "{err}");
+    assert!(temp_dirs(&fx).is_empty());
+}
+
+#[test]
+fn regression_a_failed_unpack_leaves_the_destination_unchanged() {
+    let mut tb = Tb::new();
+    tb.file("etc/motd", "the attacker's content");
+    let tar = tb.finish();
+    let digest = gantry_oci::Digest::sha256(&tar);
+    let mut flipped = tar.clone();
+    let at = flipped.windows(9).position(|w| w == b"attacker'").unwrap();
+    flipped[at] ^= 1;
+    let verified = |blob: Vec<u8>| -> Box<dyn Read> {
+        Box::new(gantry_oci::VerifyingReader::new(
+            io::Cursor::new(blob),
+            digest.clone(),
+            tar.len() as u64,
+            "blob sha256:motd",
+        ))
+    };
+    type Case<'a> = (
+        &'static str,
+        Box<dyn Fn() -> gantry_unpack::ImageLayer + 'a>,
+        &'static str,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "a flipped byte",
+            Box::new(|| gantry_unpack::ImageLayer {
+                label: "sha256:motd".into(),
+                diff_id: digest.clone(),
+                blob: verified(flipped.clone()),
+            }),
+            "digest",
+        ),
+        (
+            "a bomb",
+            Box::new(|| gantry_unpack::ImageLayer {
+                label: "sha256:bomb".into(),
+                // Never reached: the cap trips first.
+                diff_id: digest.clone(),
+                blob: boxed(common::zeros_bomb(1 << 30, true)),
+            }),
+            "ratio limit",
+        ),
+        (
+            "a diff_id mismatch",
+            Box::new(|| gantry_unpack::ImageLayer {
+                label: "sha256:motd".into(),
+                diff_id: gantry_oci::Digest::sha256(b"another layer"),
+                blob: boxed(tar.clone()),
+            }),
+            "diff_id mismatch",
+        ),
+    ];
+    for (what, layer, needle) in &cases {
+        // DEST absent stays absent; an empty DEST stays as it was.
+        let fx = Fx::new();
+        let absent = fx.t.path().join("absent");
+        let err = gantry_unpack::unpack_image(&absent, [layer()], &opts()).unwrap_err();
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+        assert!(!absent.exists(), "{what}");
+        fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o751)).unwrap();
+        let before = stat(&fx.root);
+        let err = gantry_unpack::unpack_image(&fx.root, [layer()], &opts()).unwrap_err();
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+        assert_eq!(stat(&fx.root), before, "{what}");
+        assert!(names(&fx.root).is_empty(), "{what}");
+        assert!(temp_dirs(&fx).is_empty(), "{what}: {:?}", temp_dirs(&fx));
+        fx.assert_host_untouched_but_t_mtime();
+    }
+    // The intact layer replaces the empty directory, which ends up private and the caller's.
+    let fx = Fx::new();
+    let o = Opt {
+        mode: 0o777,
+        uid: 4242,
+        ..Opt::default()
+    };
+    let mut tb = Tb::new();
+    tb.dir_with("./", &o).file("etc/motd", "hello");
+    let blob = tb.finish();
+    gantry_unpack::unpack_image(&fx.root, [common::image_layer("l", blob.clone())], &opts())
+        .unwrap();
+    let root = stat(&fx.root);
+    assert_eq!((root.mode, root.uid), (0o700, 0), "whatever the image says");
+    assert_eq!(fs::read(fx.root.join("etc/motd")).unwrap(), b"hello");
+    // A non-empty destination is refused, a symlink is not followed.
+    let err =
+        gantry_unpack::unpack_image(&fx.root, [common::image_layer("l", blob.clone())], &opts())
+            .unwrap_err();
+    assert!(matches!(err, Error::RootNotEmpty(_)), "{err}");
+    let empty = fx.t.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let link = fx.t.path().join("link");
+    std::os::unix::fs::symlink(&empty, &link).unwrap();
+    let err =
+        gantry_unpack::unpack_image(&link, [common::image_layer("l", blob)], &opts()).unwrap_err();
+    assert!(matches!(err, Error::RootNotDir(_)), "{err}");
+    assert!(names(&empty).is_empty());
+    assert!(temp_dirs(&fx).is_empty());
+}
+
+#[test]
+fn regression_temp_dirs_of_dead_unpacks_are_removed_and_live_ones_kept() {
+    let fx = Fx::new();
+    // pid_max is at most 2^22: this process cannot exist.
+    let dead = fx.t.path().join(".gantry-unpack-999999999-0-0");
+    fs::create_dir_all(dead.join("rootfs/etc")).unwrap();
+    std::os::unix::fs::symlink(&fx.host, dead.join("rootfs/escape")).unwrap();
+    let live =
+        fx.t.path()
+            .join(format!(".gantry-unpack-{}-99-0", std::process::id()));
+    fs::create_dir(&live).unwrap();
+    let dest = fx.t.path().join("dest");
+    gantry_unpack::unpack_image(&dest, [common::image_layer("l", motd_layer("x"))], &opts())
+        .unwrap();
+    assert!(!dead.exists(), "a dead process's leftover is removed");
+    assert!(live.exists(), "a live process's directory is kept");
+    fs::remove_dir(&live).unwrap();
+    fs::remove_dir_all(&dest).unwrap();
+    fx.assert_host_untouched_but_t_mtime();
+}
+
+#[test]
+fn regression_fsck_checks_the_rootfs_cache_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("rootfs");
+    let cache = RootfsCache::open(&top).unwrap();
+    let good = motd_layer("good\n");
+    let ids = vec![gantry_oci::Digest::sha256(&common::decompress(&good))];
+    let rootfs = cache
+        .get_or_unpack(
+            &ids,
+            || Ok(vec![("l".to_owned(), boxed(good.clone()))]),
+            &opts(),
+        )
+        .unwrap();
+    assert!(RootfsCache::check(&top, false).unwrap().is_empty());
+    let v2 = cache.dir().to_owned();
+    let entry = rootfs.parent().unwrap().to_owned();
+    let copy = |to: &str| {
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(&entry)
+            .arg(v2.join(to))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    // An old bucket, stray files, a name that is no chain id, an entry without its rootfs, one
+    // whose record does not chain to its name, one without a lock, a crashed unpack, modes.
+    fs::create_dir_all(top.join("v1/sha256-00/rootfs")).unwrap();
+    fs::write(v2.join("stray"), "x").unwrap();
+    copy("sha256-not-a-chain-id");
+    let other = format!("sha256-{}", "1".repeat(64));
+    copy(&other);
+    fs::write(v2.join(format!("{other}.lock")), "").unwrap();
+    let norootfs = format!("sha256-{}", "2".repeat(64));
+    fs::create_dir(v2.join(&norootfs)).unwrap();
+    fs::write(v2.join(&norootfs).join("diff_ids"), "").unwrap();
+    fs::remove_file(v2.join(format!(
+        "{}.lock",
+        entry.file_name().unwrap().to_str().unwrap()
+    )))
+    .unwrap();
+    fs::create_dir_all(v2.join("tmp-crashed/rootfs")).unwrap();
+    fs::set_permissions(&v2, fs::Permissions::from_mode(0o755)).unwrap();
+    let before = common::snap(dir.path(), Path::new("/nonexistent"));
+
+    let found = RootfsCache::check(&top, false).unwrap();
+    let text: Vec<String> = found
+        .iter()
+        .map(|i| format!("{}: {}", i.path.display(), i.problem))
+        .collect();
+    assert_eq!(found.len(), 8, "{text:#?}");
+    assert!(found.iter().all(|i| !i.repaired));
+    for needle in [
+        "v1: not part of this version's cache",
+        "stray: not a cache entry: its name is not a chain id",
+        "sha256-not-a-chain-id: not a cache entry",
+        &format!("{other}: a broken entry: its recorded diff_ids chain to"),
+        &format!("{norootfs}: a broken entry: it has no rootfs"),
+        "no .lock file",
+        "tmp-crashed: left by a crashed unpack",
+        "mode 0755",
+    ] {
+        assert!(
+            text.iter().any(|t| t.contains(needle)),
+            "{needle:?} in {text:#?}"
+        );
+    }
+    assert_eq!(
+        common::snap(dir.path(), Path::new("/nonexistent")),
+        before,
+        "checking changes nothing"
+    );
+
+    let repaired = RootfsCache::check(&top, true).unwrap();
+    assert_eq!(repaired.len(), 8);
+    assert!(repaired.iter().all(|i| i.repaired), "{repaired:?}");
+    assert!(RootfsCache::check(&top, false).unwrap().is_empty());
+    assert_eq!(
+        cache.get(&ids),
+        Some(rootfs.clone()),
+        "the good entry stays"
+    );
+    assert_eq!(fs::read(rootfs.join("etc/motd")).unwrap(), b"good\n");
+    // A missing cache is fine.
+    assert!(
+        RootfsCache::check(&dir.path().join("none"), false)
+            .unwrap()
+            .is_empty()
     );
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
@@ -24,12 +23,9 @@ fn child_unpack() {
         return;
     };
     let args: Vec<PathBuf> = std::env::split_paths(&args).collect();
-    let layers: Vec<(String, Box<dyn Read>)> = args[1..]
+    let layers: Vec<_> = args[1..]
         .iter()
-        .map(|p| {
-            let f: Box<dyn Read> = Box::new(fs::File::open(p).unwrap());
-            (p.display().to_string(), f)
-        })
+        .map(|p| common::image_layer(&p.display().to_string(), fs::read(p).unwrap()))
         .collect();
     gantry_unpack::unpack_image(&args[0], layers, &gantry_unpack::UnpackOptions::default())
         .unwrap();

@@ -82,6 +82,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         auth_file: cli.global.authfile.as_ref().map(|p| ctx.abs(p)),
         follow_base_name: cli.global.follow_base_name,
     };
+    let size = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+        v.as_deref()
+            .map(|v| match gantry_layer::limits::parse_size(v) {
+                Ok(0) => Err(anyhow::anyhow!("{flag}: must be more than 0")),
+                Ok(n) => Ok(n),
+                Err(e) => Err(anyhow::anyhow!("{flag}: {e}")),
+            })
+            .transpose()
+    };
+    ctx.set_size_flags(gantry_ops::SizeFlags {
+        max_layer_size: size("--max-layer-size", &cli.global.max_layer_size)?,
+        max_image_size: size("--max-image-size", &cli.global.max_image_size)?,
+    });
     ctx.runtime.clone_from(&cli.global.runtime);
     ctx.cache_from.clone_from(&cli.global.cache_from);
     ctx.cache_to.clone_from(&cli.global.cache_to);

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use gantry_unpack::{Error, UnpackOptions, UnpackStats};
+use gantry_unpack::{Error, ImageLayer, UnpackOptions, UnpackStats};
 use tar::{EntryType, Header};
 
 /// The mtime of every entry unless set otherwise.
@@ -234,6 +234,31 @@ pub fn zst(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 3).unwrap()
 }
 
+/// A blob decompressed (gzip and zstd detected by their magic).
+pub fn decompress(blob: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if blob.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::MultiGzDecoder::new(blob)
+            .read_to_end(&mut out)
+            .unwrap();
+    } else if blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        out = zstd::decode_all(blob).unwrap();
+    } else {
+        out = blob.to_vec();
+    }
+    out
+}
+
+/// A layer of an image whose diff_id is what `blob` really decompresses to.
+pub fn image_layer(label: &str, blob: Vec<u8>) -> ImageLayer {
+    ImageLayer {
+        label: label.to_owned(),
+        diff_id: gantry_oci::Digest::sha256(&decompress(&blob)),
+        blob: Box::new(std::io::Cursor::new(blob)),
+    }
+}
+
 /// Options for tests: everything restored, devices created (tests run as root).
 pub fn opts() -> UnpackOptions {
     UnpackOptions {
@@ -380,7 +405,22 @@ impl Fx {
     /// Asserts that nothing outside T/root was created, removed or changed.
     #[track_caller]
     pub fn assert_host_untouched(&self) {
-        let now = snap(self.t.path(), &self.root);
+        self.compare(snap(self.t.path(), &self.root));
+    }
+
+    /// Like [`Fx::assert_host_untouched`], but T's own mtime may have changed: `unpack_image`
+    /// makes (and removes) its temporary directory there, next to T/root.
+    #[track_caller]
+    pub fn assert_host_untouched_but_t_mtime(&self) {
+        let mut now = snap(self.t.path(), &self.root);
+        if let (Some(n), Some(b)) = (now.get_mut(Path::new("")), self.before.get(Path::new(""))) {
+            n.mtime = b.mtime;
+        }
+        self.compare(now);
+    }
+
+    #[track_caller]
+    fn compare(&self, now: BTreeMap<PathBuf, St>) {
         if now != self.before {
             for (k, v) in &now {
                 match self.before.get(k) {
@@ -441,4 +481,38 @@ pub fn names(dir: &Path) -> Vec<Vec<u8>> {
         .collect();
     v.sort();
     v
+}
+
+/// A ustar header for a regular file `name` of `size` bytes.
+pub fn file_header(name: &[u8], size: u64) -> Vec<u8> {
+    let mut h = header(false, name, EntryType::Regular, size);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// Bombs are made of one compressed chunk of zeros this large, repeated.
+const BOMB_CHUNK: u64 = 64 << 20;
+
+/// The members (gzip) or frames (zstd) of a tar holding one file `bomb` of `size` zeros (a
+/// multiple of 64 MiB): a header, `size / 64 MiB` copies of one compressed 64 MiB run of zeros,
+/// and the end marker. Decoders read concatenated members and frames as one stream, so this
+/// is a real bomb that costs one 64 MiB compression to make.
+pub fn zeros_bomb(size: u64, zstd: bool) -> Vec<u8> {
+    assert_eq!(size % BOMB_CHUNK, 0);
+    let compress = |data: &mut dyn std::io::Read| -> Vec<u8> {
+        if zstd {
+            zstd::encode_all(data, 3).unwrap()
+        } else {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::copy(data, &mut e).unwrap();
+            e.finish().unwrap()
+        }
+    };
+    let mut out = compress(&mut &file_header(b"bomb", size)[..]);
+    let zeros = compress(&mut std::io::Read::take(std::io::repeat(0), BOMB_CHUNK));
+    for _ in 0..size / BOMB_CHUNK {
+        out.extend_from_slice(&zeros);
+    }
+    out.extend(compress(&mut &[0u8; 1024][..]));
+    out
 }

@@ -17,6 +17,7 @@ mod remote_cache;
 mod reproducibility;
 mod steps;
 mod store;
+mod unpack_hardening;
 
 /// The binary under test.
 pub(crate) const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");

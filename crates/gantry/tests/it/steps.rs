@@ -671,7 +671,7 @@ fn gc_drops_unpacked_images_unused_for_keep_cache_days() {
     project(&t, "");
     ok(gantry(&t, &rt, &["run", "base", "--", "true"]));
     let entries = || {
-        fs::read_dir(t.home().join("rootfs/v1"))
+        fs::read_dir(t.home().join("rootfs/v2"))
             .unwrap()
             .filter(|e| {
                 let n = e.as_ref().unwrap().file_name();
