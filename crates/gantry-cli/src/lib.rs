@@ -75,6 +75,11 @@ pub struct GlobalArgs {
     /// Overrides `max-image-size` in [settings].
     #[arg(long, global = true, value_name = "SIZE")]
     pub max_image_size: Option<String>,
+    /// Cap on how many times larger than its compressed bytes a layer may decompress, past its
+    /// first 64 MiB (default 1000; deflate cannot exceed ~1032, so only streams of almost
+    /// nothing but zeros come near it). Overrides `max-ratio` in [settings].
+    #[arg(long, global = true, value_name = "N")]
+    pub max_ratio: Option<u64>,
 }
 
 /// gantry's commands.

@@ -140,7 +140,9 @@ impl<D> Capped<D> {
         if produced > l.ratio_floor && produced > consumed.saturating_mul(l.max_ratio.max(1)) {
             return Err(format!(
                 "the layer decompresses to more than {} times its compressed size \
-                 ({produced} bytes from {consumed}; the ratio limit, a decompression bomb?)",
+                 ({produced} bytes from {consumed}; the ratio limit: a decompression bomb? If \
+                 it is a real layer of almost nothing but zeros, raise it with --max-ratio or \
+                 max-ratio in [settings])",
                 l.max_ratio
             ));
         }

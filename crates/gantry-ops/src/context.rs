@@ -50,7 +50,8 @@ pub struct Context {
     /// `--cache-to`: a registry repository read and written for cache entries.
     pub cache_to: Option<String>,
     /// Caps on decompressing layers (tar imports, unpacking): the defaults, then a project's
-    /// `max-layer-size` / `max-image-size` ([`Context::with_settings`]), then the flags.
+    /// `max-layer-size` / `max-image-size` / `max-ratio` ([`Context::with_settings`]), then
+    /// the flags.
     pub limits: gantry_layer::Limits,
     /// `--max-layer-size` and `--max-image-size` as given: they win over a project's settings.
     pub size_flags: SizeFlags,
@@ -63,6 +64,8 @@ pub struct SizeFlags {
     pub max_layer_size: Option<u64>,
     /// `--max-image-size`.
     pub max_image_size: Option<u64>,
+    /// `--max-ratio`.
+    pub max_ratio: Option<u64>,
 }
 
 /// Registry options from the command line (a project's settings add to them).
@@ -130,19 +133,27 @@ impl Context {
     /// Sets the size caps given on the command line.
     pub fn set_size_flags(&mut self, flags: SizeFlags) {
         self.size_flags = flags;
-        self.apply_sizes(None, None);
+        self.apply_sizes(None, None, None);
     }
 
     /// This context for work on `project`: its `max-layer-size` and `max-image-size` apply,
     /// unless the command line gave them.
     pub fn with_settings(&self, settings: &gantry_project::Settings) -> Context {
         let mut ctx = self.clone();
-        ctx.apply_sizes(settings.max_layer_size, settings.max_image_size);
+        ctx.apply_sizes(
+            settings.max_layer_size,
+            settings.max_image_size,
+            settings.max_ratio,
+        );
         ctx
     }
 
-    fn apply_sizes(&mut self, layer: Option<u64>, image: Option<u64>) {
+    fn apply_sizes(&mut self, layer: Option<u64>, image: Option<u64>, ratio: Option<u64>) {
         let f = self.size_flags;
+        self.limits.max_ratio = f
+            .max_ratio
+            .or(ratio)
+            .unwrap_or(gantry_layer::limits::DEFAULT_MAX_RATIO);
         self.limits.max_layer_size = f
             .max_layer_size
             .or(layer)

@@ -75,6 +75,8 @@ pub struct Settings {
     pub max_layer_size: Option<u64>,
     /// `max-image-size` in bytes.
     pub max_image_size: Option<u64>,
+    /// `max-ratio`.
+    pub max_ratio: Option<u64>,
 }
 
 /// A `[pull.NAME]` target: an image in a registry.
@@ -840,11 +842,19 @@ fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Sett
     };
     let max_layer_size = size("max-layer-size", &s.max_layer_size);
     let max_image_size = size("max-image-size", &s.max_image_size);
+    let max_ratio = match s.max_ratio {
+        Some(0) => {
+            c.report(kp(&["settings", "max-ratio"]), "must be more than 0");
+            None
+        }
+        r => r,
+    };
     Settings {
         cache_from,
         cache_to,
         max_layer_size,
         max_image_size,
+        max_ratio,
         source_date_epoch,
         output_dir: dir.join(s.output_dir.as_deref().unwrap_or(DEFAULT_OUTPUT_DIR)),
         platform,

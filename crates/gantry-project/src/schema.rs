@@ -124,6 +124,8 @@ pub struct SettingsSpec {
     pub max_layer_size: Option<String>,
     /// Cap on the decompressed size of all the layers of one image (`"256GiB"`).
     pub max_image_size: Option<String>,
+    /// Cap on decompressed / compressed bytes of a layer past its first 64 MiB (1000).
+    pub max_ratio: Option<u64>,
 }
 
 /// `source-date-epoch`: seconds or `"git"`.

@@ -94,6 +94,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     ctx.set_size_flags(gantry_ops::SizeFlags {
         max_layer_size: size("--max-layer-size", &cli.global.max_layer_size)?,
         max_image_size: size("--max-image-size", &cli.global.max_image_size)?,
+        max_ratio: match cli.global.max_ratio {
+            Some(0) => anyhow::bail!("--max-ratio: must be more than 0"),
+            r => r,
+        },
     });
     ctx.runtime.clone_from(&cli.global.runtime);
     ctx.cache_from.clone_from(&cli.global.cache_from);

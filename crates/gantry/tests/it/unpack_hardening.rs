@@ -518,6 +518,30 @@ fn regression_tar_imports_stop_a_bomb_and_obey_the_caps() {
     assert_fsck_clean(&t);
 }
 
+#[test]
+fn the_ratio_limit_can_be_raised_for_a_real_layer_of_zeros() {
+    let t = crate::env();
+    // 128 MiB of zeros: gzip gets ~1030:1, over the default limit of 1000.
+    fs::write(t.path("zeros.tar.gz"), bomb(128 << 20, gzip)).unwrap();
+    let err = t.fail(&["layer", "--tar", "zeros.tar.gz"]);
+    assert_mentions(&err, &["zeros.tar.gz", "ratio limit", "--max-ratio"]);
+    let err = t.fail(&["--max-ratio", "0", "layer", "--tar", "zeros.tar.gz"]);
+    assert_mentions(&err, &["--max-ratio", "more than 0"]);
+    let info =
+        gantry_test::json(&t.run(&["--max-ratio", "2000", "layer", "--tar", "zeros.tar.gz"]));
+    assert_eq!(
+        info["size"].as_u64(),
+        Some(fs::metadata(t.path("zeros.tar.gz")).unwrap().len())
+    );
+    // The same from a project's settings.
+    fs::write(
+        t.path("gantry.toml"),
+        "[settings]\nmax-ratio = 2000\n\n[layer.z]\ntar = \"zeros.tar.gz\"\n",
+    )
+    .unwrap();
+    t.run(&["build", "z"]);
+}
+
 // ---- 4: what other users can reach ----
 
 /// `cmd args…` as the unprivileged user nobody.
