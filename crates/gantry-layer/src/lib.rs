@@ -20,6 +20,7 @@ mod fingerprint;
 mod info;
 pub mod meta;
 mod path;
+pub mod pax;
 pub mod recipe;
 pub mod spec;
 pub mod tarread;

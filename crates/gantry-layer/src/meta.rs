@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use base64::Engine as _;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Error;
 
@@ -93,6 +95,94 @@ pub struct DefaultsSpec {
     /// PAX records for every entry.
     #[serde(default)]
     pub pax_records: BTreeMap<String, String>,
+}
+
+/// The value of an extended attribute as users write it and `gantry ls --json` shows it: a
+/// string (its UTF-8 bytes), or `{ base64 = "…" }` for any bytes (`security.capability`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum XattrValue {
+    /// UTF-8 text.
+    Text(String),
+    /// Arbitrary bytes.
+    Bytes(Vec<u8>),
+}
+
+impl XattrValue {
+    /// A value for `bytes`: text when they are UTF-8 without control characters (NUL
+    /// included), otherwise bytes.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(s) if !s.chars().any(char::is_control) => XattrValue::Text(s),
+            Ok(s) => XattrValue::Bytes(s.into_bytes()),
+            Err(e) => XattrValue::Bytes(e.into_bytes()),
+        }
+    }
+
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            XattrValue::Text(s) => s.as_bytes(),
+            XattrValue::Bytes(b) => b,
+        }
+    }
+}
+
+impl From<&str> for XattrValue {
+    fn from(s: &str) -> Self {
+        XattrValue::Text(s.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for XattrValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = XattrValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, or a table { base64 = \"…\" } for binary values")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<XattrValue, E> {
+                Ok(XattrValue::Text(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<XattrValue, A::Error> {
+                let mut value = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "base64" {
+                        return Err(de::Error::unknown_field(&key, &["base64"]));
+                    }
+                    if value.is_some() {
+                        return Err(de::Error::duplicate_field("base64"));
+                    }
+                    let text: String = map.next_value()?;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(text.trim())
+                        .map_err(|e| de::Error::custom(format!("invalid base64: {e}")))?;
+                    value = Some(bytes);
+                }
+                value
+                    .map(XattrValue::Bytes)
+                    .ok_or_else(|| de::Error::missing_field("base64"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for XattrValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            XattrValue::Text(t) => s.serialize_str(t),
+            XattrValue::Bytes(b) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(
+                    "base64",
+                    &base64::engine::general_purpose::STANDARD.encode(b),
+                )?;
+                m.end()
+            }
+        }
+    }
 }
 
 /// A time written as epoch seconds or as an RFC 3339 string.

@@ -3,7 +3,8 @@
 //! Headers are ustar with PAX extended headers only where a value does not fit (long names and
 //! link targets, big sizes, ids and times) or carries extra records (xattrs). Nothing depends on
 //! the host: no atime/ctime, no device numbers of the source, no sparse files, fixed PAX header
-//! names, records sorted by key. The archive ends with two zero blocks.
+//! names, records sorted by key (those whose value holds a newline last). The archive ends
+//! with two zero blocks.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -216,9 +217,14 @@ pub(crate) fn write_headers(
     }
 
     if !pax.is_empty() {
+        // Sorted by key, except that records whose value holds a newline (binary xattrs)
+        // come last: readers that split PAX data on newlines (the Rust `tar` crate) then
+        // still find `path`, `size`, `uid` and `gid`.
         let mut records = Vec::new();
-        for (k, v) in &pax {
-            records.extend_from_slice(&pax_record(k, v));
+        for last in [false, true] {
+            for (k, v) in pax.iter().filter(|(_, v)| v.contains(&b'\n') == last) {
+                records.extend_from_slice(&pax_record(k, v));
+            }
         }
         let base = f
             .name

@@ -5,6 +5,7 @@
 mod bad_input;
 mod commands;
 mod examples;
+mod faithful_layers;
 mod golden;
 mod interop;
 mod layout_base;
