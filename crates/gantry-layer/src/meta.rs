@@ -63,9 +63,10 @@ pub struct MetaSpec {
     pub gname: Option<String>,
     /// Epoch seconds or RFC 3339.
     pub mtime: Option<TimeSpec>,
-    /// Extended attributes (`user.foo = "bar"`).
+    /// Extended attributes (`user.foo = "bar"`, or binary values as
+    /// `"security.capability" = { base64 = "…" }`).
     #[serde(default)]
-    pub xattrs: BTreeMap<String, String>,
+    pub xattrs: BTreeMap<String, XattrValue>,
     /// Raw PAX records.
     #[serde(default)]
     pub pax_records: BTreeMap<String, String>,
@@ -91,7 +92,7 @@ pub struct DefaultsSpec {
     pub mtime: Option<TimeSpec>,
     /// Extended attributes for every entry.
     #[serde(default)]
-    pub xattrs: BTreeMap<String, String>,
+    pub xattrs: BTreeMap<String, XattrValue>,
     /// PAX records for every entry.
     #[serde(default)]
     pub pax_records: BTreeMap<String, String>,
@@ -182,6 +183,25 @@ impl Serialize for XattrValue {
                 m.end()
             }
         }
+    }
+}
+
+/// Whether gantry refuses to write the extended attribute `name` from metadata: `trusted.*`
+/// (host data that overlayfs acts on; `gantry unpack` refuses it), `user.overlay.*` (the
+/// same for `userxattr` overlay mounts), and names outside the `user.`, `security.` and
+/// `system.` namespaces (Linux has no others).
+pub fn refused_xattr(name: &str) -> Option<&'static str> {
+    if name.starts_with("trusted.") {
+        Some("trusted.* attributes are host data (overlayfs acts on them); layers never carry them")
+    } else if name.starts_with("user.overlay.") {
+        Some("user.overlay.* attributes are acted on by overlayfs; layers never carry them")
+    } else if !["user.", "security.", "system."]
+        .iter()
+        .any(|ns| name.len() > ns.len() && name.starts_with(ns))
+    {
+        Some("the name must be in the user., security. or system. namespace")
+    } else {
+        None
     }
 }
 
@@ -323,6 +343,14 @@ impl MetaSpec {
         let mut pax = BTreeMap::new();
         for (name, value) in &self.xattrs {
             check_pax_text(ctx, "xattrs", name)?;
+            if let Some(reason) = refused_xattr(name) {
+                return Err(Error::InvalidMetadata {
+                    path: ctx.to_owned(),
+                    field: "xattrs",
+                    value: name.clone(),
+                    reason: reason.to_owned(),
+                });
+            }
             pax.insert(format!("{XATTR_PREFIX}{name}"), value.as_bytes().to_vec());
         }
         for (key, value) in &self.pax_records {
@@ -334,6 +362,14 @@ impl MetaSpec {
                     value: key.clone(),
                     reason: "this PAX record is derived from the entry; set the field instead"
                         .to_owned(),
+                });
+            }
+            if key.starts_with(XATTR_PREFIX) {
+                return Err(Error::InvalidMetadata {
+                    path: ctx.to_owned(),
+                    field: "pax-records",
+                    value: key.clone(),
+                    reason: "set extended attributes with `xattrs` instead".to_owned(),
                 });
             }
             pax.insert(key.clone(), value.as_bytes().to_vec());
@@ -441,6 +477,48 @@ mod tests {
         assert!(spec.validate("/a").is_err());
         let spec: MetaSpec = toml::from_str(r#"pax-records = { path = "x" }"#).unwrap();
         assert!(spec.validate("/a").is_err());
+    }
+
+    #[test]
+    fn xattr_values_are_text_or_base64() {
+        let spec: MetaSpec = toml::from_str(
+            r#"xattrs = { "user.t" = "text", "security.capability" = { base64 = "AQAAAgAgAAA=" } }"#,
+        )
+        .unwrap();
+        let o = spec.validate("/x").unwrap();
+        assert_eq!(o.pax["SCHILY.xattr.user.t"], b"text");
+        assert_eq!(
+            o.pax["SCHILY.xattr.security.capability"],
+            [1, 0, 0, 2, 0, 0x20, 0, 0]
+        );
+        for bad in [
+            r#"xattrs = { "user.a" = { base64 = "!!" } }"#,
+            r#"xattrs = { "user.a" = { hex = "00" } }"#,
+            r#"xattrs = { "user.a" = {} }"#,
+            r#"xattrs = { "user.a" = 1 }"#,
+        ] {
+            assert!(toml::from_str::<MetaSpec>(bad).is_err(), "{bad}");
+        }
+        let e = toml::from_str::<MetaSpec>(r#"xattrs = { "user.a" = { base64 = "!!" } }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("base64"), "{e}");
+        for name in [
+            "trusted.overlay.opaque",
+            "user.overlay.redirect",
+            "foo",
+            "user.",
+        ] {
+            let spec: MetaSpec =
+                toml::from_str(&format!(r#"xattrs = {{ "{name}" = "y" }}"#)).unwrap();
+            let e = spec.validate("/x").unwrap_err().to_string();
+            assert!(e.contains("/x") && e.contains(name), "{e}");
+        }
+        // Shown back: text when printable, base64 otherwise (JSON).
+        let show = |b: &[u8]| serde_json::to_string(&XattrValue::from_bytes(b.to_vec())).unwrap();
+        assert_eq!(show(b"ci"), r#""ci""#);
+        assert_eq!(show(b"\x01\x00"), r#"{"base64":"AQA="}"#);
+        assert_eq!(show(b"\xff"), r#"{"base64":"/w=="}"#);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, openat, readlinkat, statat};
 
-use crate::meta::{Defaults, Meta, MetaOverride};
+use crate::meta::{Defaults, Meta, MetaOverride, XATTR_PREFIX};
 use crate::{Error, ImagePath};
 
 /// The prefix of whiteout file names.
@@ -158,6 +158,9 @@ pub struct Recipe {
     pub entries: Vec<Entry>,
     /// Things worth telling the user that are not errors (skipped sockets).
     pub warnings: Vec<String>,
+    /// Whether the tar writer counts source files whose extended attributes are left out
+    /// (they were not preserved), for a warning. Step captures handle attributes themselves.
+    pub count_unkept_xattrs: bool,
 }
 
 impl Recipe {
@@ -178,6 +181,11 @@ impl Recipe {
 /// when; taking them makes the layer only as reproducible as the source tree. For packaging a
 /// prepared root filesystem (Yocto under pseudo, a debootstrap tree) it is what is wanted.
 /// Per-path metadata still wins.
+///
+/// `xattrs` takes the extended attributes of regular files and directories that layers carry
+/// (`user.*`, `security.capability`; see the policy in `xattr.rs`). Without it they are not
+/// read while planning; the tar writer counts the source files that have some and the layer
+/// gets a warning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Preserve {
     /// Permission bits, including setuid, setgid and sticky (not for symlinks).
@@ -186,10 +194,12 @@ pub struct Preserve {
     pub owner: bool,
     /// Modification time (whole seconds).
     pub mtime: bool,
+    /// Extended attributes (`user.*`, `security.capability`).
+    pub xattrs: bool,
 }
 
 impl Preserve {
-    /// Parses names: `mode`, `owner`, `mtime`.
+    /// Parses names: `mode`, `owner`, `mtime`, `xattrs`.
     pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, Error> {
         let mut p = Preserve::default();
         for n in names {
@@ -197,12 +207,13 @@ impl Preserve {
                 "mode" => p.mode = true,
                 "owner" => p.owner = true,
                 "mtime" => p.mtime = true,
+                "xattrs" => p.xattrs = true,
                 other => {
                     return Err(Error::InvalidMetadata {
                         path: "layer".to_owned(),
                         field: "preserve",
                         value: other.to_owned(),
-                        reason: "known values are mode, owner and mtime".to_owned(),
+                        reason: "known values are mode, owner, mtime and xattrs".to_owned(),
                     });
                 }
             }
@@ -210,6 +221,7 @@ impl Preserve {
         Ok(p)
     }
 
+    /// Whether anything that needs a source's `stat` is preserved.
     fn any(self) -> bool {
         self.mode || self.owner || self.mtime
     }
@@ -398,6 +410,11 @@ pub struct RecipeBuilder {
     warnings: Vec<String>,
     preserve: Preserve,
     source_meta: HashMap<ImagePath, SourceMeta>,
+    /// Preserved extended attributes of sources (only non-empty ones).
+    source_xattrs: HashMap<ImagePath, BTreeMap<String, Vec<u8>>>,
+    xattr_reader: crate::xattr::Reader,
+    /// Attribute names left out of preserved sources, with their counts.
+    xattrs_left_out: BTreeMap<String, u64>,
 }
 
 impl RecipeBuilder {
@@ -412,6 +429,9 @@ impl RecipeBuilder {
             warnings: Vec::new(),
             preserve: Preserve::default(),
             source_meta: HashMap::new(),
+            source_xattrs: HashMap::new(),
+            xattr_reader: crate::xattr::Reader::default(),
+            xattrs_left_out: BTreeMap::new(),
         }
     }
 
@@ -425,6 +445,22 @@ impl RecipeBuilder {
         if self.preserve.any() {
             self.source_meta.insert(path.clone(), meta);
         }
+    }
+
+    /// Reads the extended attributes of a regular file or directory source when they are
+    /// preserved; `follow` follows a final symlink.
+    fn note_xattrs(&mut self, path: &ImagePath, src: &Path, follow: bool) -> Result<(), Error> {
+        if !self.preserve.xattrs {
+            return Ok(());
+        }
+        let x = self.xattr_reader.read(src, follow)?;
+        for name in x.left_out {
+            *self.xattrs_left_out.entry(name).or_default() += 1;
+        }
+        if !x.kept.is_empty() {
+            self.source_xattrs.insert(path.clone(), x.kept);
+        }
+        Ok(())
     }
 
     fn insert(&mut self, path: ImagePath, kind: ItemKind, origin: &Arc<str>) -> Result<(), Error> {
@@ -487,6 +523,7 @@ impl RecipeBuilder {
         }
         let origin: Arc<str> = Arc::from(format!("file {}", src.display()));
         self.note_source(&dest, SourceMeta::of(&md));
+        self.note_xattrs(&dest, src, true)?;
         self.insert(
             dest,
             ItemKind::DiskFile {
@@ -520,6 +557,7 @@ impl RecipeBuilder {
         let origin: Arc<str> = Arc::from(format!("directory {}", src.display()));
         if !dest.is_root() {
             self.note_source(&dest, SourceMeta::of(&md));
+            self.note_xattrs(&dest, src, true)?;
             self.insert(dest.clone(), ItemKind::Dir { implicit: false }, &origin)?;
         }
         let fd = rustix::fs::open(
@@ -633,6 +671,10 @@ impl RecipeBuilder {
             if let Some(kind) = kind {
                 if let Some(st) = &stat {
                     self.note_source(&path, SourceMeta::from_stat(st));
+                }
+                // Only regular files and directories can carry the attributes layers keep.
+                if matches!(ft, FileType::Directory | FileType::RegularFile) {
+                    self.note_xattrs(&path, full, false)?;
                 }
                 // Directories between the tree root and this entry belong to the tree. Without
                 // an include filter the walk has already added them (parents come first).
@@ -850,9 +892,27 @@ impl RecipeBuilder {
             entries.push(Entry { path, kind, meta });
         }
         self.link_groups(&mut entries, by_inode);
+        let mut warnings = self.warnings;
+        if !self.xattrs_left_out.is_empty() {
+            let mut names: Vec<String> = self
+                .xattrs_left_out
+                .iter()
+                .take(16)
+                .map(|(k, n)| format!("{k} ({n} {})", if *n == 1 { "entry" } else { "entries" }))
+                .collect();
+            if self.xattrs_left_out.len() > 16 {
+                names.push(format!("{} more names", self.xattrs_left_out.len() - 16));
+            }
+            warnings.push(format!(
+                "extended attributes left out of the layer (only user.* and \
+                 security.capability are preserved): {}",
+                names.join(", ")
+            ));
+        }
         Ok(Recipe {
             entries,
-            warnings: self.warnings,
+            warnings,
+            count_unkept_xattrs: !self.preserve.xattrs,
         })
     }
 
@@ -981,6 +1041,11 @@ impl RecipeBuilder {
             }
             if p.mtime {
                 meta.mtime = src.mtime;
+            }
+        }
+        if let Some(x) = self.source_xattrs.get(path) {
+            for (k, v) in x {
+                meta.pax.insert(format!("{XATTR_PREFIX}{k}"), v.clone());
             }
         }
         if let Some(o) = self.metadata.get(path) {
@@ -1285,6 +1350,71 @@ mod tests {
         // A symlink keeps 0777 whatever is preserved.
         assert_eq!(link.0, 0o777);
         assert!(Preserve::parse(&["perms"]).is_err());
+    }
+
+    #[test]
+    fn preserve_xattrs_takes_user_and_capability_attributes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("rootfs");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/a"), "x").unwrap();
+        let set = |p: &Path, k: &str, v: &[u8]| {
+            rustix::fs::setxattr(p, k, v, rustix::fs::XattrFlags::empty()).unwrap();
+        };
+        set(&root.join("etc/a"), "user.bin", b"\0\n\xff");
+        set(&root.join("etc/a"), "trusted.host", b"x");
+        set(&root.join("etc/a"), "security.ima", b"\x04");
+        set(&root.join("etc"), "user.dir", b"d");
+        let build = |keep: Preserve| {
+            let mut b = RecipeBuilder::new(Defaults::new(0), true);
+            b.preserve(keep);
+            b.add_tree(ImagePath::root(), &root, &TreeFilter::default())
+                .unwrap();
+            b.add_file(p("/copy"), &root.join("etc/a")).unwrap();
+            b.build().unwrap()
+        };
+        let pax = |r: &Recipe, path: &str| {
+            r.entries
+                .iter()
+                .find(|e| e.path == p(path))
+                .unwrap()
+                .meta
+                .pax
+                .clone()
+        };
+        // Not preserved: nothing read; the tar writer counts them instead.
+        let r = build(Preserve::default());
+        assert!(pax(&r, "/etc/a").is_empty() && pax(&r, "/etc").is_empty());
+        assert!(r.count_unkept_xattrs && r.warnings.is_empty());
+
+        let r = build(Preserve::parse(&["xattrs"]).unwrap());
+        assert!(!r.count_unkept_xattrs);
+        let a = pax(&r, "/etc/a");
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            ["SCHILY.xattr.user.bin"],
+            "only what layers carry"
+        );
+        assert_eq!(a["SCHILY.xattr.user.bin"], b"\0\n\xff");
+        assert_eq!(pax(&r, "/copy"), a);
+        assert_eq!(pax(&r, "/etc")["SCHILY.xattr.user.dir"], b"d");
+        // security.ima is named (twice: the tree entry and the file); trusted.* is not.
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].contains("security.ima (2 entries)"),
+            "{:?}",
+            r.warnings
+        );
+        assert!(!r.warnings[0].contains("trusted"));
+        // Metadata still wins.
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.preserve(Preserve::parse(&["xattrs"]).unwrap());
+        b.add_file(p("/copy"), &root.join("etc/a")).unwrap();
+        let o: MetaSpec = toml::from_str(r#"xattrs = { "user.bin" = "text" }"#).unwrap();
+        b.set_metadata(p("/copy"), o.validate("/copy").unwrap())
+            .unwrap();
+        let r = b.build().unwrap();
+        assert_eq!(pax(&r, "/copy")["SCHILY.xattr.user.bin"], b"text");
     }
 
     fn filetime_set(p: &Path, secs: i64) {

@@ -597,6 +597,18 @@ impl<'a> Layer<'a> {
                     if name.is_empty() || name.contains(&0) {
                         return Err(self.entry_err(raw, "invalid xattr name in the PAX header"));
                     }
+                    if name.starts_with(b"trusted.") {
+                        // The host's own data: overlayfs acts on trusted.overlay.* (opaque
+                        // directories, redirects), so an image must never set them.
+                        return Err(self.entry_err(
+                            raw,
+                            format!(
+                                "refusing the extended attribute {:?}: trusted.* attributes \
+                                 are host data (overlayfs acts on them), never image content",
+                                lossy(name)
+                            ),
+                        ));
+                    }
                     meta.xattrs.push((name.to_vec(), value.clone()));
                 } else if key.starts_with(b"GNU.sparse.") {
                     return Err(self.entry_err(raw, "sparse files are not supported"));
@@ -971,13 +983,13 @@ impl<'a> Layer<'a> {
         }
         for (name, value) in xattrs {
             let shown = lossy(name);
-            if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+            if name.starts_with(b"user.overlay.") {
                 // overlayfs would act on them (opaque dirs, redirects): never restored.
                 self.stats.skipped_xattrs += 1;
                 tracing::warn!(layer = self.label, entry = %lossy(raw), xattr = %shown, "overlayfs xattr not restored");
                 continue;
             }
-            let privileged = name.starts_with(b"security.") || name.starts_with(b"trusted.");
+            let privileged = name.starts_with(b"security.");
             if privileged && !self.as_root {
                 self.stats.skipped_xattrs += 1;
                 tracing::info!(layer = self.label, entry = %lossy(raw), xattr = %shown, "xattr needs root; not restored");

@@ -1,9 +1,10 @@
 //! Layers unpack to what they say: times before 1970 and after 2038 in every encoding tar
-//! tools write, and file capabilities and binary xattr values byte for byte.
+//! tools write, file capabilities, and refusal of the host-only `trusted.*` attributes.
 
 mod common;
 
 use common::{Opt, Tb, header, opts, stat};
+use gantry_unpack::Error;
 use tar::EntryType;
 
 /// A GNU header whose mtime field is `t` in base-256 (as GNU tar writes times before 1970
@@ -43,6 +44,33 @@ fn regression_base256_times_before_1970_were_read_as_the_year_2446() {
         ("pax-2300", 10_413_792_000),
     ] {
         assert_eq!(stat(&dir.path().join(name)).mtime.0, want, "{name}");
+    }
+}
+
+#[test]
+fn trusted_xattrs_are_refused_naming_the_layer_and_entry() {
+    for name in [
+        "trusted.overlay.opaque",
+        "trusted.overlay.redirect",
+        "trusted.md5",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tb = Tb::new();
+        tb.file("ok", "x").dir_with(
+            "etc",
+            &Opt {
+                mode: 0o755,
+                pax: vec![(format!("SCHILY.xattr.{name}"), b"y".to_vec())],
+                ..Opt::default()
+            },
+        );
+        let e = gantry_unpack::unpack_layer(dir.path(), "sha256:abc", &tb.finish()[..], &opts())
+            .unwrap_err();
+        assert!(matches!(e, Error::Entry { .. }), "{e}");
+        let msg = e.to_string();
+        for needle in ["sha256:abc", "etc", name] {
+            assert!(msg.contains(needle), "{needle:?} in {msg}");
+        }
     }
 }
 

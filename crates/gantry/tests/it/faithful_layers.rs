@@ -1,5 +1,6 @@
-//! Layers say exactly what their inputs say: times before 1970 and after 2038, and names
-//! that are not one line of UTF-8. Checked with the real peers: GNU tar, umoci unpack.
+//! Layers say exactly what their inputs say: extended attributes and file capabilities,
+//! times before 1970 and after 2038, and names that are not one line of UTF-8. Checked with the real peers: GNU tar, umoci unpack,
+//! getcap/getfattr, runc.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -8,13 +9,363 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use base64::Engine as _;
-use gantry_test::{CmdExt, TestEnv, json, tool};
+use gantry_test::{CmdExt, TestEnv, assert_mentions, json, require, store_snapshot, tool};
+
+/// `cap_chown,cap_net_raw=ep` as `getcap` prints it, and its bits in /proc/PID/status.
+const CAPS: &str = "cap_chown,cap_net_raw=ep";
+const CAP_BITS: u64 = (1 << 0) | (1 << 13);
+
+/// A value with a newline and bytes that are not UTF-8, for `user.bin`.
+const BINARY: &[u8] = &[0x00, b'\n', 0xff, b'\n'];
+
+fn sh(t: &TestEnv, script: &str) -> String {
+    gantry_test::sh(script, &[])
+        .current_dir(t.root())
+        .ok()
+        .stdout
+}
+
+/// A small root filesystem: busybox with file capabilities, a config file with a text and a
+/// binary user xattr, a directory with a user xattr.
+fn caps_rootfs(t: &TestEnv) {
+    for tool in ["setcap", "getcap", "setfattr", "getfattr"] {
+        require(tool);
+    }
+    let busybox = gantry_test::busybox();
+    fs::create_dir_all(t.path("rootfs/bin")).unwrap();
+    fs::copy(&busybox, t.path("rootfs/bin/busybox")).unwrap();
+    t.chmod("rootfs/bin/busybox", 0o755);
+    t.write("rootfs/etc/app.conf", "key = value\n");
+    fs::create_dir_all(t.path("rootfs/tmp")).unwrap();
+    t.chmod("rootfs/tmp", 0o1777);
+    let hex: String = BINARY.iter().map(|b| format!("{b:02x}")).collect();
+    sh(
+        t,
+        &format!(
+            "setcap {CAPS} rootfs/bin/busybox && \
+             setfattr -n user.origin -v ci rootfs/etc/app.conf && \
+             setfattr -n user.bin -v 0x{hex} rootfs/etc/app.conf && \
+             setfattr -n user.dir -v yes rootfs/etc"
+        ),
+    );
+}
+
+/// `getcap` of a file, and `getfattr -d -m - -e hex` of it, as text.
+fn caps_and_xattrs(p: &Path) -> (String, String) {
+    let cap = tool("getcap").arg(p).ok().stdout;
+    let attrs = tool("getfattr")
+        .args(["-d", "-m", "-", "-e", "hex"])
+        .arg(p)
+        .ok()
+        .stdout;
+    (cap, attrs)
+}
+
+/// Checks a rootfs made from [`caps_rootfs`]'s layer.
+fn check_caps_rootfs(root: &Path, who: &str) {
+    let (cap, _) = caps_and_xattrs(&root.join("bin/busybox"));
+    assert!(cap.contains(CAPS), "{who}: getcap: {cap}");
+    let (_, attrs) = caps_and_xattrs(&root.join("etc/app.conf"));
+    let hex: String = BINARY.iter().map(|b| format!("{b:02x}")).collect();
+    assert_mentions(
+        &attrs,
+        &["user.origin=0x6369", &format!("user.bin=0x{hex}")],
+    );
+    let (_, dir) = caps_and_xattrs(&root.join("etc"));
+    assert!(dir.contains("user.dir=0x796573"), "{who}: {dir}");
+}
 
 fn umoci_unpack(t: &TestEnv, image: &str, bundle: &str) {
     tool("umoci")
         .args(["unpack", "--image", image, bundle])
         .current_dir(t.root())
         .ok();
+}
+
+#[test]
+fn regression_file_capabilities_were_dropped_from_directory_layers() {
+    let t = crate::env();
+    caps_rootfs(&t);
+    t.run(&[
+        "layer",
+        "--dir",
+        "/=rootfs",
+        "--preserve",
+        "mode,owner,xattrs",
+        "--compression",
+        "none",
+        "-o",
+        "root.tar",
+        "--info",
+        "root.json",
+    ]);
+    // GNU tar sees the records and restores them.
+    let listing = tool("tar")
+        .args(["--xattrs", "--xattrs-include=*", "-tvvf", "root.tar"])
+        .current_dir(t.root())
+        .ok()
+        .stdout;
+    assert_mentions(
+        &listing,
+        &[
+            "x: 20 security.capability",
+            "x: 2 user.origin",
+            "x: 4 user.bin",
+            "x: 3 user.dir",
+        ],
+    );
+    fs::create_dir(t.path("tarx")).unwrap();
+    tool("tar")
+        .args([
+            "--xattrs",
+            "--xattrs-include=*",
+            "-xpf",
+            "root.tar",
+            "-C",
+            "tarx",
+        ])
+        .current_dir(t.root())
+        .ok();
+    check_caps_rootfs(&t.path("tarx"), "GNU tar");
+
+    t.run(&[
+        "image",
+        "--layer",
+        "root.json",
+        "--env",
+        "PATH=/bin",
+        "-o",
+        "img",
+        "-t",
+        "t",
+    ]);
+    umoci_unpack(&t, "img:t", "bundle");
+    check_caps_rootfs(&t.path("bundle/rootfs"), "umoci unpack");
+    t.run(&["unpack", "oci:img:t", "unpacked"]);
+    check_caps_rootfs(&t.path("unpacked"), "gantry unpack");
+
+    // runc runs the capable busybox as an unprivileged user: the capabilities come from the
+    // file alone (no ambient or inherited ones), inside the bounding set given.
+    let config = t.path("bundle/config.json");
+    let mut c = json(&fs::read_to_string(&config).unwrap());
+    let p = &mut c["process"];
+    p["terminal"] = false.into();
+    p["noNewPrivileges"] = false.into();
+    p["user"] = serde_json::json!({ "uid": 1000, "gid": 1000 });
+    p["args"] = serde_json::json!(["/bin/busybox", "grep", "Cap", "/proc/self/status"]);
+    let bounding = serde_json::json!(["CAP_CHOWN", "CAP_NET_RAW", "CAP_KILL"]);
+    p["capabilities"] = serde_json::json!({
+        "bounding": bounding, "effective": [], "permitted": [], "inheritable": [], "ambient": []
+    });
+    fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
+    let id = format!("gantry-caps-{}", std::process::id());
+    let out = tool("runc")
+        .args(["run", "-b"])
+        .arg(t.path("bundle"))
+        .arg(&id)
+        .ok()
+        .stdout;
+    let field = |name: &str| {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {out}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(field("CapEff:"), CAP_BITS, "{out}");
+    assert_eq!(field("CapPrm:"), CAP_BITS, "{out}");
+    assert_eq!(field("CapBnd:") & CAP_BITS, CAP_BITS, "{out}");
+}
+
+#[test]
+fn regression_unpreserved_xattrs_were_dropped_without_a_warning() {
+    let t = crate::env();
+    caps_rootfs(&t);
+    // Host-only attributes: never carried, never warned about.
+    sh(
+        &t,
+        "setfattr -n trusted.overlay.opaque -v y rootfs/etc && \
+         setfattr -n trusted.admin -v x rootfs/etc/app.conf",
+    );
+    let out = t
+        .gantry()
+        .args([
+            "layer",
+            "--dir",
+            "/=rootfs",
+            "--preserve",
+            "mode",
+            "-o",
+            "a.tar",
+        ])
+        .ok();
+    assert_mentions(
+        &out.stderr,
+        &[
+            "2 source files with extended attributes",
+            "security.capability",
+            "user.origin",
+            "--preserve xattrs",
+        ],
+    );
+    assert!(!out.stderr.contains("trusted."), "{}", out.stderr);
+    let ls = t.run(&["ls", "--json", "a.tar"]);
+    assert!(!ls.contains("xattrs"), "{ls}");
+
+    // Preserved: no warning, except for attributes the policy leaves out (named).
+    sh(&t, "setfattr -n security.ima -v 0x0401 rootfs/etc/app.conf");
+    let out = t
+        .gantry()
+        .args([
+            "layer",
+            "--dir",
+            "/=rootfs",
+            "--preserve",
+            "xattrs",
+            "-o",
+            "b.tar",
+        ])
+        .ok();
+    assert!(!out.stderr.contains("source files"), "{}", out.stderr);
+    assert_mentions(&out.stderr, &["left out", "security.ima (1 entry)"]);
+    assert!(!out.stderr.contains("trusted."), "{}", out.stderr);
+    let ls = t.run(&["ls", "--json", "b.tar"]);
+    let rows: Vec<serde_json::Value> = ls.lines().map(json).collect();
+    let conf = rows.iter().find(|r| r["path"] == "/etc/app.conf").unwrap();
+    let x = &conf["xattrs"];
+    assert_eq!(x["user.origin"], "ci", "{conf}");
+    let bin = base64::engine::general_purpose::STANDARD
+        .decode(x["user.bin"]["base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(bin, BINARY);
+    assert!(x.get("trusted.admin").is_none() && x.get("security.ima").is_none());
+    let etc = rows.iter().find(|r| r["path"] == "/etc").unwrap();
+    assert_eq!(etc["xattrs"], serde_json::json!({ "user.dir": "yes" }));
+}
+
+fn build_json(t: &TestEnv) -> serde_json::Value {
+    let out = t.gantry().args(["build", "--json"]).ok();
+    json(&out.stdout)
+}
+
+#[test]
+fn regression_a_new_capability_kept_the_cached_layer() {
+    let t = crate::env();
+    caps_rootfs(&t);
+    t.write(
+        "gantry.toml",
+        r#"
+[layer.root]
+dirs = { "/" = "rootfs" }
+preserve = ["mode", "owner", "xattrs"]
+compression = "none"
+
+[image.app]
+layers = ["root"]
+platform = "linux/amd64"
+"#,
+    );
+    let first = build_json(&t);
+    let digest = |r: &serde_json::Value| r["layers"][0]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(first["layers"][0]["cacheHit"], false);
+    let again = build_json(&t);
+    assert_eq!(again["layers"][0]["cacheHit"], true, "{again}");
+    assert_eq!(digest(&again), digest(&first));
+
+    sh(&t, "setcap cap_net_bind_service=ep rootfs/bin/busybox");
+    let changed = build_json(&t);
+    assert_eq!(changed["layers"][0]["cacheHit"], false, "{changed}");
+    assert_ne!(digest(&changed), digest(&first));
+    let ls = t.run(&["ls", "--json", "gantry-out/app"]);
+    let row = ls
+        .lines()
+        .map(json)
+        .find(|r| r["path"] == "/bin/busybox")
+        .unwrap();
+    let cap = base64::engine::general_purpose::STANDARD
+        .decode(
+            row["xattrs"]["security.capability"]["base64"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    // VFS_CAP_REVISION_2, effective; permitted = CAP_NET_BIND_SERVICE (10).
+    assert_eq!(&cap[..8], &[1, 0, 0, 2, 0, 4, 0, 0], "{cap:?}");
+}
+
+#[test]
+fn metadata_xattrs_take_binary_values_in_base64() {
+    let t = crate::env();
+    require("getcap");
+    let busybox = gantry_test::busybox();
+    // cap_chown,cap_net_raw=ep, as getfattr -e base64 prints it.
+    let mut cap = vec![1, 0, 0, 2];
+    cap.extend_from_slice(&(CAP_BITS as u32).to_le_bytes());
+    cap.extend_from_slice(&[0; 12]);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&cap);
+    t.write(
+        "layer.toml",
+        format!(
+            r#"
+files = {{ "/bin/busybox" = "{busybox}" }}
+metadata."/bin/busybox" = {{ mode = "0755", xattrs = {{ "security.capability" = {{ base64 = "{b64}" }}, "user.note" = "plain text" }} }}
+"#,
+            busybox = busybox.display()
+        ),
+    );
+    t.run(&["layer", "--spec", "layer.toml", "--info", "l.json"]);
+    t.run(&["image", "--layer", "l.json", "-o", "img", "-t", "t"]);
+    umoci_unpack(&t, "img:t", "bundle");
+    let (got, attrs) = caps_and_xattrs(&t.path("bundle/rootfs/bin/busybox"));
+    assert!(got.contains(CAPS), "{got}");
+    assert!(
+        attrs.contains("user.note=0x706c61696e2074657874"),
+        "{attrs}"
+    );
+
+    // The same on the command line (JSON), and the errors.
+    t.run(&[
+        "layer",
+        "--content",
+        "/x=1",
+        "--metadata",
+        &format!(r#"/x={{"xattrs":{{"user.b":{{"base64":"{b64}"}}}}}}"#),
+        "-o",
+        "x.tar",
+    ]);
+    let before = store_snapshot(&t.home());
+    for (meta, needles) in [
+        (
+            r#"{"xattrs":{"user.b":{"base64":"not base64!"}}}"#,
+            &["/x", "base64"][..],
+        ),
+        (r#"{"xattrs":{"user.b":{"hex":"00"}}}"#, &["/x", "hex"][..]),
+        (
+            r#"{"xattrs":{"trusted.overlay.opaque":"y"}}"#,
+            &["/x", "trusted.overlay.opaque", "host data"][..],
+        ),
+        (
+            r#"{"xattrs":{"nonamespace":"y"}}"#,
+            &["/x", "namespace"][..],
+        ),
+        (
+            r#"{"pax-records":{"SCHILY.xattr.user.a":"y"}}"#,
+            &["/x", "xattrs"][..],
+        ),
+    ] {
+        let e = t.fail(&[
+            "layer",
+            "--content",
+            "/x=1",
+            "--metadata",
+            &format!("/x={meta}"),
+            "-o",
+            "bad.tar",
+        ]);
+        assert_mentions(&e, needles);
+    }
+    assert_eq!(store_snapshot(&t.home()), before);
+    assert!(!t.path("bad.tar").exists());
 }
 
 /// One crafted tar member: name bytes, PAX records, content.
@@ -59,6 +410,34 @@ fn craft_tar(entries: &[Member<'_>]) -> Vec<u8> {
         b.append(&h, *data).unwrap();
     }
     b.into_inner().unwrap()
+}
+
+#[test]
+fn regression_trusted_overlay_xattrs_in_images_were_unpacked_quietly() {
+    let t = crate::env();
+    t.write(
+        "evil.tar",
+        craft_tar(&[
+            (b"ok", vec![], b"x"),
+            (
+                b"etc",
+                vec![("SCHILY.xattr.trusted.overlay.redirect", &b"/secret"[..])],
+                b"y",
+            ),
+        ]),
+    );
+    t.run(&["layer", "--tar", "evil.tar", "--info", "evil.json"]);
+    t.run(&["image", "--layer", "evil.json", "-o", "img", "-t", "t"]);
+    let info = json(&fs::read_to_string(t.path("evil.json")).unwrap());
+    let e = t.fail(&["unpack", "oci:img:t", "out"]);
+    assert_mentions(
+        &e,
+        &[
+            info["digest"].as_str().unwrap(),
+            "\"etc\"",
+            "trusted.overlay.redirect",
+        ],
+    );
 }
 
 /// GNU tar's view of a tar file, with full UTC times.
