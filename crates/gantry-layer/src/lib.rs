@@ -23,6 +23,7 @@ mod path;
 pub mod pax;
 pub mod recipe;
 pub mod spec;
+pub mod stack;
 pub mod tarread;
 pub mod tarwriter;
 mod xattr;

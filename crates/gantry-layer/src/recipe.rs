@@ -399,6 +399,25 @@ impl ItemKind {
     }
 }
 
+/// Refuses an input path with a component that starts with `.wh.`: in a layer it would be a
+/// whiteout (or an opaque marker) and delete files of lower layers instead of adding one.
+/// Only the explicit whiteout options (`whiteouts`, `opaque`) make such names; imported tars
+/// keep theirs. `origin` names the input in the error.
+pub(crate) fn check_not_whiteout(path: &ImagePath, origin: &str) -> Result<(), Error> {
+    match path.whiteout_component() {
+        None => Ok(()),
+        Some(comp) => Err(Error::InvalidPath {
+            path: path.to_string(),
+            reason: format!(
+                "{origin}: the name {:?} starts with \".wh.\", which a layer reads as a \
+                 whiteout (it would delete files of lower layers); to delete files, use \
+                 whiteouts or opaque",
+                String::from_utf8_lossy(comp)
+            ),
+        }),
+    }
+}
+
 /// Collects entries and builds a [`Recipe`].
 #[derive(Debug)]
 pub struct RecipeBuilder {
@@ -463,7 +482,19 @@ impl RecipeBuilder {
         Ok(())
     }
 
+    /// Adds an entry whose name comes from an input (never a whiteout: see
+    /// [`check_not_whiteout`]).
     fn insert(&mut self, path: ImagePath, kind: ItemKind, origin: &Arc<str>) -> Result<(), Error> {
+        check_not_whiteout(&path, origin)?;
+        self.insert_item(path, kind, origin)
+    }
+
+    fn insert_item(
+        &mut self,
+        path: ImagePath,
+        kind: ItemKind,
+        origin: &Arc<str>,
+    ) -> Result<(), Error> {
         if path.is_root() {
             return Err(Error::InvalidPath {
                 path: "/".to_owned(),
@@ -687,6 +718,10 @@ impl RecipeBuilder {
                         }
                     }
                 }
+                if path.whiteout_component().is_some() {
+                    let origin = format!("file {} (in {})", full.display(), w.origin);
+                    check_not_whiteout(&path, &origin)?;
+                }
                 self.insert(path, kind, w.origin)?;
             }
         }
@@ -781,6 +816,8 @@ impl RecipeBuilder {
     /// Adds a hard link to another regular file of this layer.
     pub fn add_hardlink(&mut self, dest: ImagePath, target: ImagePath) -> Result<(), Error> {
         let origin = format!("hard link {dest}");
+        check_not_whiteout(&dest, &origin)?;
+        check_not_whiteout(&target, &format!("the target of {origin}"))?;
         if let Some(existing) = self.items.get(&dest) {
             return Err(Error::DuplicatePath {
                 path: dest.to_string(),
@@ -817,8 +854,9 @@ impl RecipeBuilder {
         let mut wh = WHITEOUT_PREFIX.to_vec();
         wh.extend_from_slice(name);
         let origin: Arc<str> = Arc::from(format!("whiteout {path}"));
+        check_not_whiteout(&path, &origin)?;
         let wh_path = path.with_file_name(&wh)?;
-        self.insert(wh_path, ItemKind::Inline(Arc::from(&b""[..])), &origin)
+        self.insert_item(wh_path, ItemKind::Inline(Arc::from(&b""[..])), &origin)
     }
 
     /// Marks a directory opaque: its contents in lower layers are hidden.
@@ -830,13 +868,15 @@ impl RecipeBuilder {
             });
         }
         let origin: Arc<str> = Arc::from(format!("opaque directory {dir}"));
+        check_not_whiteout(&dir, &origin)?;
         let marker = dir.child(OPAQUE_WHITEOUT)?;
-        self.insert(marker, ItemKind::Inline(Arc::from(&b""[..])), &origin)
+        self.insert_item(marker, ItemKind::Inline(Arc::from(&b""[..])), &origin)
     }
 
     /// Sets metadata for one path. The path must name an entry of the layer by the time
     /// [`RecipeBuilder::build`] runs.
     pub fn set_metadata(&mut self, path: ImagePath, meta: MetaOverride) -> Result<(), Error> {
+        check_not_whiteout(&path, "metadata")?;
         if self.metadata.insert(path.clone(), meta).is_some() {
             return Err(Error::DuplicatePath {
                 path: path.to_string(),
@@ -1415,6 +1455,41 @@ mod tests {
             .unwrap();
         let r = b.build().unwrap();
         assert_eq!(pax(&r, "/copy")["SCHILY.xattr.user.bin"], b"text");
+    }
+
+    #[test]
+    fn whiteout_names_only_from_whiteout_options() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("tree/.wh..wh..opq")).unwrap();
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        let e = b
+            .add_tree(p("/x"), &t.path().join("tree"), &TreeFilter::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/x/.wh..wh..opq") && e.contains("tree/.wh..wh..opq"),
+            "{e}"
+        );
+        // Excluded, it is not in the layer: fine.
+        let f = TreeFilter::new(&[], &[".wh.*".to_owned()]).unwrap();
+        b.add_tree(p("/x"), &t.path().join("tree"), &f).unwrap();
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        for r in [
+            b.add_content(p("/a/.wh.b"), b"x"),
+            b.add_symlink(p("/.wh.a/b"), b"x"),
+            b.add_empty_dir(p("/.wh.d")),
+            b.add_hardlink(p("/.wh.l"), p("/t")),
+            b.add_hardlink(p("/l"), p("/.wh.t")),
+            b.add_whiteout(p("/.wh.d/x")),
+            b.add_opaque(p("/.wh.d")),
+            b.set_metadata(p("/.wh.m"), MetaOverride::default()),
+        ] {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(".wh.") && e.contains("whiteout"), "{e}");
+        }
+        b.add_whiteout(p("/etc/passwd")).unwrap();
+        b.add_opaque(p("/var/cache")).unwrap();
+        assert_eq!(b.build().unwrap().entries.len(), 5);
     }
 
     fn filetime_set(p: &Path, secs: i64) {

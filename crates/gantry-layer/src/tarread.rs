@@ -616,6 +616,40 @@ pub fn list_layer<'a, R: BufRead + 'a>(
     })
 }
 
+/// The names and kinds of the entries of a (possibly compressed) layer stream, without
+/// reading file contents, for checks over an image's layers ([`crate::stack`]).
+pub fn list_names<'a, R: BufRead + 'a>(
+    input: R,
+    compression: Compression,
+    what: &str,
+) -> Result<Vec<crate::stack::ListedName>, Error> {
+    use crate::stack::{ListedName, NameKind};
+    let plain = decoder(input, compression).map_err(|e| Error::InvalidTar {
+        what: what.to_owned(),
+        entry: None,
+        reason: io_reason(&e),
+    })?;
+    let mut out = Vec::new();
+    walk_tar(plain, what, |path, _, entry| {
+        let kind = match entry.header().entry_type() {
+            tar::EntryType::Directory => NameKind::Dir,
+            tar::EntryType::Symlink => NameKind::Symlink(
+                entry
+                    .link_name_bytes()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default(),
+            ),
+            _ => NameKind::Other,
+        };
+        out.push(ListedName {
+            path: path.to_vec(),
+            kind,
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Shows a name (or link target) on one line the way `tar -tv` does: `\\`, `\n`, `\t` and
 /// the other C escapes, and every other control character or byte that is not UTF-8 as a
 /// three-digit octal escape (`\377`). Distinct names always look distinct.

@@ -130,6 +130,7 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
     image.annotations = annotations;
 
     let store = ctx.store()?;
+    let first_added = image.layers.len();
     for l in &layers {
         let what = l.info_path.display().to_string();
         let digest = &l.info.digest;
@@ -148,6 +149,13 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
         image.push_layer(&l.info, BlobSource::Store, &created, &what)?;
     }
     edits.apply(&mut image.config)?;
+    crate::whiteouts::warn_whiteouts_under_symlinks(
+        ctx,
+        &store,
+        &image.layers,
+        first_added,
+        "image",
+    );
 
     let built = image.build(&created)?;
     built

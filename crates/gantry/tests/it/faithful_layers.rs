@@ -1,5 +1,6 @@
 //! Layers say exactly what their inputs say: extended attributes and file capabilities,
-//! times before 1970 and after 2038, and names that are not one line of UTF-8. Checked with the real peers: GNU tar, umoci unpack,
+//! names that a layer would read as whiteouts, times before 1970 and after 2038, and names
+//! that are not one line of UTF-8. Checked with the real peers: GNU tar, umoci unpack,
 //! getcap/getfattr, runc.
 
 use std::collections::BTreeSet;
@@ -437,6 +438,175 @@ fn regression_trusted_overlay_xattrs_in_images_were_unpacked_quietly() {
             "\"etc\"",
             "trusted.overlay.redirect",
         ],
+    );
+}
+
+#[test]
+fn regression_wh_names_in_inputs_became_whiteouts() {
+    let t = crate::env();
+    t.write("tree/etc/.wh.config", "not a whiteout\n");
+    t.write("tree/ok", "ok\n");
+    t.write("deep/.wh.d/file", "x\n");
+    t.write("file", "x\n");
+    let before = store_snapshot(&t.home());
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--dir", "/=tree"],
+            &["/etc/.wh.config", "tree/etc/.wh.config", "whiteout"],
+        ),
+        (
+            &["--dir", "/x=deep"],
+            &["/x/.wh.d", "deep/.wh.d", "whiteout"],
+        ),
+        (
+            &["--content", "/etc/.wh.passwd=x"],
+            &["/etc/.wh.passwd", "content"],
+        ),
+        (
+            &["--file", "/etc/.wh..wh..opq=file"],
+            &["/etc/.wh..wh..opq", "files"],
+        ),
+        (
+            &["--symlink", "/.wh.bin=usr/bin"],
+            &["/.wh.bin", "symlinks"],
+        ),
+        (&["--empty-dir", "/.wh.var/lib"], &[".wh.var", "empty-dirs"]),
+        (
+            &["--file", "/a=file", "--hardlink", "/.wh.a=/a"],
+            &["/.wh.a", "hardlinks"],
+        ),
+        (
+            &[
+                "--whiteout",
+                "/etc/passwd",
+                "--metadata",
+                r#"/etc/.wh.passwd={"uid":1}"#,
+            ],
+            &["/etc/.wh.passwd", "metadata"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut a = vec!["layer"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "l.tar"]);
+        let e = t.fail(&a);
+        assert_mentions(&e, needles);
+    }
+    assert_eq!(store_snapshot(&t.home()), before);
+    assert!(!t.path("l.tar").exists());
+
+    // The same in a project: reported at the key, before any work.
+    t.write(
+        "gantry.toml",
+        "[layer.a]\ncontent = { \"/etc/.wh.passwd\" = \"x\" }\n",
+    );
+    let e = t.fail(&["build"]);
+    assert_mentions(&e, &["gantry.toml:2", "/etc/.wh.passwd", "whiteout"]);
+
+    // The explicit options still make whiteouts, and an imported tar keeps its own.
+    t.run(&[
+        "layer",
+        "--whiteout",
+        "/etc/passwd",
+        "--opaque",
+        "/var/cache",
+        "--compression",
+        "none",
+        "-o",
+        "w.tar",
+    ]);
+    let names = tool("tar")
+        .args(["-tf", "w.tar"])
+        .current_dir(t.root())
+        .ok()
+        .stdout;
+    assert_mentions(&names, &["etc/.wh.passwd", "var/cache/.wh..wh..opq"]);
+    t.run(&["layer", "--tar", "w.tar", "-o", "kept.tar"]);
+    assert_eq!(
+        fs::read(t.path("kept.tar")).unwrap(),
+        fs::read(t.path("w.tar")).unwrap()
+    );
+}
+
+#[test]
+fn regression_whiteouts_under_symlinks_went_unnoticed() {
+    let t = crate::env();
+    // The base: merged /usr.
+    t.run(&[
+        "layer",
+        "--symlink",
+        "/bin=usr/bin",
+        "--content",
+        "/usr/bin/foo=foo",
+        "--info",
+        "base.json",
+    ]);
+    // A tar made on a system where /bin is a directory, deleting /bin/foo.
+    fs::create_dir_all(t.path("old/bin")).unwrap();
+    t.write("old/bin/.wh.foo", "");
+    t.write("old/etc/new.conf", "x\n");
+    tool("tar")
+        .args(["-cf", "old.tar", "-C", "old", "bin", "etc"])
+        .current_dir(t.root())
+        .ok();
+    t.run(&["layer", "--tar", "old.tar", "--info", "old.json"]);
+    let out = t
+        .gantry()
+        .args([
+            "image",
+            "--layer",
+            "base.json",
+            "--layer",
+            "old.json",
+            "-o",
+            "img",
+            "-t",
+            "t",
+        ])
+        .ok();
+    assert_mentions(
+        &out.stderr,
+        &[
+            "warning",
+            "/bin/.wh.foo",
+            "symlink to usr/bin",
+            "/usr/bin/.wh.foo",
+        ],
+    );
+    // A whiteout where it belongs is no warning.
+    t.run(&["layer", "--whiteout", "/usr/bin/foo", "--info", "good.json"]);
+    let out = t
+        .gantry()
+        .args([
+            "image",
+            "--layer",
+            "base.json",
+            "--layer",
+            "good.json",
+            "-o",
+            "img2",
+            "-t",
+            "t",
+        ])
+        .ok();
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+
+    // In a project, on a base from an OCI layout (read locally for the check).
+    t.write(
+        "gantry.toml",
+        r#"
+[layer.old]
+tar = "old.tar"
+
+[image.app]
+base = "oci:img2:t"
+layers = ["old"]
+"#,
+    );
+    let out = t.gantry().args(["build"]).ok();
+    assert_mentions(
+        &out.stderr,
+        &["image.app", "/bin/.wh.foo", "/usr/bin/.wh.foo"],
     );
 }
 
