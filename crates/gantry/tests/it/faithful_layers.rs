@@ -825,3 +825,56 @@ fn regression_ls_printed_crafted_names_raw_and_merged_them() {
         .collect();
     assert_eq!(on_disk, expected);
 }
+
+#[test]
+fn steps_that_make_files_named_like_whiteouts_fail_naming_them() {
+    let t = crate::env();
+    let runc = require("runc");
+    let busybox = gantry_test::busybox();
+    let project = |step: &str| {
+        t.write(
+            "gantry.toml",
+            format!(
+                r#"
+[layer.busybox]
+files = {{ "/bin/busybox" = "{busybox}" }}
+symlinks = {{ "/bin/sh" = "busybox", "/bin/touch" = "busybox", "/bin/mkdir" = "busybox", "/bin/rm" = "busybox" }}
+content = {{ "/etc/keep" = "x\n", "/etc/gone" = "x\n" }}
+
+[image.base]
+layers = ["busybox"]
+platform = "linux/amd64"
+env = {{ PATH = "/bin" }}
+
+[step.s]
+base = "base"
+{step}
+"#,
+                busybox = busybox.display()
+            ),
+        );
+    };
+    let build = || {
+        let mut c = t.gantry();
+        c.arg("--runtime").arg(&runc).args(["build", "s"]);
+        c
+    };
+    // A diff with a real deletion is fine: that whiteout comes from the deletion.
+    project("capture = \"diff\"\nscript = \"rm /etc/gone && touch /etc/new\"");
+    let out = build().ok();
+    assert_mentions(&out.stderr, &["step.s", "built"]);
+    for (step, needle) in [
+        (
+            "capture = \"diff\"\nscript = \"touch /etc/.wh.keep\"",
+            "/etc/.wh.keep",
+        ),
+        (
+            "outputs = [\"/out\"]\nscript = \"mkdir -p /out/.wh.d && touch /out/.wh.d/f\"",
+            "/out/.wh.d",
+        ),
+    ] {
+        project(step);
+        let e = build().fails().stderr;
+        assert_mentions(&e, &["step.s", needle, "whiteout"]);
+    }
+}
