@@ -10,7 +10,8 @@
 //! So gantry keeps the raw bytes of each entry's PAX header itself ([`PaxTap`], a reader under
 //! the tar parser that follows its headers), parses them with [`parse_records`], and
 //! [`checked_records`] refuses a header that the `tar` crate would read differently where it
-//! matters (the records it applies itself: `path`, `linkpath`, `size`, `uid`, `gid`). gantry's
+//! matters (the records it applies to name and frame entries: `path`, `linkpath`, `size`;
+//! `uid` and `gid`, which it applies too, gantry takes from its own parse: [`id`]). gantry's
 //! own writer puts records whose value holds a newline last, so the `tar` crate reads the
 //! records it applies before reaching them.
 
@@ -26,7 +27,7 @@ pub type Record = (Vec<u8>, Vec<u8>);
 pub const MAX_PAX_HEADER: u64 = 1 << 20;
 
 /// The records the `tar` crate applies itself.
-const CRATE_KEYS: &[&[u8]] = &[b"path", b"linkpath", b"size", b"uid", b"gid"];
+const CRATE_KEYS: &[&[u8]] = &[b"path", b"linkpath", b"size"];
 
 /// Parses the data of a PAX extended header. Trailing NUL padding is allowed; anything else
 /// that is not a well-formed record is an error.
@@ -63,8 +64,8 @@ pub fn parse_records(data: &[u8]) -> Result<Vec<Record>, String> {
 }
 
 /// [`parse_records`], refusing data that the `tar` crate applies differently: for each record
-/// it acts on itself (`path`, `linkpath`, `size`, `uid`, `gid`), its reading (lines split on
-/// newlines; `size`, `uid` and `gid` only before the first line it cannot parse) must give
+/// it acts on itself to name and frame entries (`path`, `linkpath`, `size`), its reading
+/// (lines split on newlines; `size` only before the first line it cannot parse) must give
 /// the value the records really hold. A key given twice is refused too (readers disagree on
 /// which one wins). The other records (xattrs, `mtime`) are read from the exact parse only.
 pub fn checked_records(data: &[u8]) -> Result<Vec<Record>, String> {
@@ -113,6 +114,19 @@ pub fn checked_records(data: &[u8]) -> Result<Vec<Record>, String> {
         }
     }
     Ok(records)
+}
+
+/// An entry's `uid` or `gid` (`key`): the PAX record from `records` when there is one (the
+/// last, as GNU tar and Go read them), else the header's.
+pub fn id(h: &tar::Header, records: &[Record], key: &str) -> Result<u64, String> {
+    match records.iter().rev().find(|(k, _)| k == key.as_bytes()) {
+        Some((_, v)) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("invalid PAX {key} {:?}", String::from_utf8_lossy(v))),
+        None if key == "uid" => h.uid().map_err(|e| e.to_string()),
+        None => h.gid().map_err(|e| e.to_string()),
+    }
 }
 
 /// Where a [`PaxTap`] is and what it captured; shared with the code that drives the tar
@@ -332,10 +346,19 @@ mod tests {
         // A path with a newline: the tar crate would ignore it.
         let e = checked_records(&record("path", b"a\nb")).unwrap_err();
         assert!(e.contains("path"), "{e}");
-        // A binary value before `uid`: the tar crate stops at it and would miss the uid.
+        // A binary value before `size`: the tar crate stops at it and would miss the size.
+        let mut data = record("SCHILY.xattr.user.a", b"\n");
+        data.extend(record("size", b"3000000"));
+        assert!(checked_records(&data).unwrap_err().contains("size"));
+        // The uid it would miss too, but gantry reads ids from its own parse.
         let mut data = record("SCHILY.xattr.user.a", b"\n");
         data.extend(record("uid", b"3000000"));
-        assert!(checked_records(&data).unwrap_err().contains("uid"));
+        let r = checked_records(&data).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_uid(0);
+        h.set_gid(0);
+        assert_eq!(id(&h, &r, "uid"), Ok(3_000_000));
+        assert_eq!(id(&h, &r, "gid"), Ok(0));
         // After it (as gantry writes them), and with an empty line inside: fine.
         let mut data = record("uid", b"3000000");
         data.extend(record("SCHILY.xattr.user.a", b"\n\nx"));

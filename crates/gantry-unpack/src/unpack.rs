@@ -559,8 +559,12 @@ impl<'a> Layer<'a> {
         let h = entry.header();
         let bad = |what: &str, e: io::Error| self.entry_err(raw, format!("invalid {what}: {e}"));
         let mode = h.mode().map_err(|e| bad("mode", e))? & 0o7777;
-        let uid = h.uid().map_err(|e| bad("uid", e))?;
-        let gid = h.gid().map_err(|e| bad("gid", e))?;
+        // From gantry's own PAX parse (the tar crate can miss a PAX uid after a binary value).
+        let id = |key| {
+            gantry_layer::pax::id(h, pax, key)
+                .map_err(|e| self.entry_err(raw, format!("invalid {key}: {e}")))
+        };
+        let (uid, gid) = (id("uid")?, id("gid")?);
         // Not `h.mtime()`: it reads GNU base-256 times before 1970 as huge positive ones.
         let mtime =
             header_mtime(h).map_err(|e| self.entry_err(raw, format!("invalid mtime: {e}")))?;
