@@ -3,16 +3,18 @@
 # the peers the tests check gantry against (umoci, skopeo, runc, crun, oci-image-tool, the
 # distribution registry, podman for `podman load`), the tools they call (jq, zstd, pigz,
 # busybox-static, file, git, openssl, htpasswd; newuidmap, setpriv and useradd for the
-# rootless tests) and nothing else.
+# rootless tests; getfattr/setfattr and getcap/setcap for extended attributes and file
+# capabilities) and nothing else.
 # Missing tools fail the run; no test is ever skipped. Run as root (runc and umoci unpack
 # need it), or with sudo available for the package install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(umoci skopeo runc crun oci-image-tool docker-registry podman jq zstd pigz gzip tar
-          busybox-static file git openssl apache2-utils uidmap util-linux passwd)
+          busybox-static file git openssl apache2-utils uidmap util-linux passwd attr libcap2-bin)
 TOOLS=(umoci skopeo runc crun oci-image-tool docker-registry podman jq zstd pigz gzip tar busybox
-       file git openssl htpasswd newuidmap newgidmap setpriv useradd)
+       file git openssl htpasswd newuidmap newgidmap setpriv useradd getfattr setfattr getcap
+       setcap)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

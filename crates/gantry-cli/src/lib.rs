@@ -202,9 +202,10 @@ pub struct LayerArgs {
     /// scratch image. (`--no-parents` is the older name.)
     #[arg(long, alias = "no-parents")]
     pub on_base: bool,
-    /// Take this metadata from the sources on disk: mode, owner, mtime (comma-separated).
-    /// Off by default, because it makes the layer depend on the umask, owner and time of the
-    /// source files; meant for packaging a prepared root filesystem.
+    /// Take this metadata from the sources on disk: mode, owner, mtime, xattrs
+    /// (comma-separated; xattrs: user.* and security.capability). Off by default, because it
+    /// makes the layer depend on the umask, owner and time of the source files; meant for
+    /// packaging a prepared root filesystem.
     #[arg(long, value_delimiter = ',', value_name = "WHAT")]
     pub preserve: Vec<String>,
     /// gzip, zstd or none.

@@ -47,13 +47,11 @@ use rustix::io::Errno;
 
 use crate::meta::{Defaults, MetaOverride, XATTR_PREFIX};
 use crate::recipe::{EntryKind, Preserve, Recipe, RecipeBuilder, TreeFilter, WHITEOUT_PREFIX};
+use crate::xattr::{Class, XATTR_MAX, classify};
 use crate::{Error, ImagePath};
 
 /// The most extended-attribute bytes (names and values) one captured layer may carry.
 pub const MAX_XATTR_BYTES: u64 = 64 << 20;
-/// Linux's own limits on one attribute value and on one file's list of names
-/// (`XATTR_SIZE_MAX`, `XATTR_LIST_MAX`).
-const XATTR_MAX: usize = 64 * 1024;
 /// The most distinct left-out attribute names listed in the warning.
 const MAX_IGNORED_NAMES: usize = 16;
 /// Read size of content comparisons in [`tree_diff_recipe`].
@@ -98,6 +96,7 @@ pub fn outputs_recipe(
         mode: true,
         owner: true,
         mtime: false,
+        xattrs: false,
     });
     let mut warnings = Vec::new();
     // Every output added (entries at or below them come from the rootfs), and the directories
@@ -185,6 +184,8 @@ pub fn outputs_recipe(
     }
     recipe.warnings.extend(warnings);
     recipe.warnings.extend(x.warning());
+    // Attributes were read above, with the capture's own policy.
+    recipe.count_unkept_xattrs = false;
     Ok(recipe)
 }
 
@@ -327,6 +328,7 @@ impl Capture {
         let mut recipe = self.b.build()?;
         recipe.warnings.extend(self.warnings);
         recipe.warnings.extend(self.x.warning());
+        recipe.count_unkept_xattrs = false;
         Ok(recipe)
     }
 
@@ -621,12 +623,6 @@ struct Xattrs {
     ignored_more: u64,
 }
 
-enum Class<'a> {
-    Keep(&'a str),
-    Overlay(&'a [u8]),
-    Ignore,
-}
-
 impl Xattrs {
     fn new(overlay: bool) -> Self {
         Xattrs {
@@ -655,21 +651,24 @@ impl Xattrs {
             if raw.is_empty() {
                 continue;
             }
-            match classify(raw, self.overlay) {
+            match classify(raw) {
                 Class::Keep(k) => {
                     if let Some(v) = get_xattr(full, name, &mut self.value)? {
                         out.kept.insert(k.to_owned(), v);
                     }
                 }
-                Class::Overlay(b"opaque") => {
+                Class::Overlay(b"opaque") if self.overlay => {
                     out.opaque |=
                         get_xattr(full, name, &mut self.value)?.is_some_and(|v| v == b"y");
                 }
-                Class::Overlay(b"redirect" | b"metacopy") => {
+                Class::Overlay(b"redirect" | b"metacopy") if self.overlay => {
                     out.unsupported = Some(String::from_utf8_lossy(raw).into_owned());
                 }
-                Class::Overlay(_) => {}
-                Class::Ignore => out.ignored.push(String::from_utf8_lossy(raw).into_owned()),
+                Class::Overlay(_) if self.overlay => {}
+                // Captured layers name even the host's own attributes they leave out.
+                Class::Overlay(_) | Class::HostOnly | Class::Ignore => {
+                    out.ignored.push(String::from_utf8_lossy(raw).into_owned());
+                }
             }
         }
         Ok(out)
@@ -719,23 +718,6 @@ impl Xattrs {
              are kept): {}",
             parts.join(", ")
         ))
-    }
-}
-
-fn classify(raw: &[u8], overlay: bool) -> Class<'_> {
-    for prefix in [&b"trusted.overlay."[..], b"user.overlay."] {
-        if let Some(rest) = raw.strip_prefix(prefix) {
-            return if overlay {
-                Class::Overlay(rest)
-            } else {
-                Class::Ignore
-            };
-        }
-    }
-    let keep = raw == b"security.capability" || raw.starts_with(b"user.");
-    match std::str::from_utf8(raw) {
-        Ok(name) if keep && !name.contains(['=', '\n']) => Class::Keep(name),
-        _ => Class::Ignore,
     }
 }
 

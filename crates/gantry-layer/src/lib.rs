@@ -21,10 +21,13 @@ mod info;
 pub mod limits;
 pub mod meta;
 mod path;
+pub mod pax;
 pub mod recipe;
 pub mod spec;
+pub mod stack;
 pub mod tarread;
 pub mod tarwriter;
+mod xattr;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -65,6 +68,9 @@ pub struct LayerOutput {
     pub diff_id: Option<Digest>,
     /// Size of the uncompressed tar (`None` for artifact blobs).
     pub uncompressed_size: Option<u64>,
+    /// Things the user should know about the layer just written (extended attributes left
+    /// out). Recipe warnings known from planning are in [`Recipe::warnings`].
+    pub warnings: Vec<String>,
 }
 
 /// Writes the layer described by `plan` into `sink`. `jobs` bounds compression threads and
@@ -78,11 +84,11 @@ pub fn write_layer<W: Write + Send>(
 ) -> Result<(W, LayerOutput), Error> {
     match &plan.source {
         LayerSource::Recipe(recipe) => {
-            let (sink, (diff_id, size)) = plan.compressor.compress(jobs, sink, |w| {
+            let (sink, (diff_id, size, report)) = plan.compressor.compress(jobs, sink, |w| {
                 let mut hashing = HashingWriter::new(w);
-                tarwriter::write_tar(recipe, &mut hashing, progress)?;
+                let report = tarwriter::write_tar(recipe, &mut hashing, progress)?;
                 let (_, d, n) = hashing.finish();
-                Ok((d, n))
+                Ok((d, n, report))
             })?;
             Ok((
                 sink,
@@ -93,6 +99,7 @@ pub fn write_layer<W: Write + Send>(
                         .unwrap_or_else(|| plan.compressor.media_type().to_owned()),
                     diff_id: Some(diff_id),
                     uncompressed_size: Some(size),
+                    warnings: report.warning().into_iter().collect(),
                 },
             ))
         }
@@ -108,6 +115,7 @@ pub fn write_layer<W: Write + Send>(
                         .unwrap_or_else(|| imported.compression.oci_layer_media_type().to_owned()),
                     diff_id: Some(imported.diff_id),
                     uncompressed_size: Some(imported.uncompressed_size),
+                    warnings: Vec::new(),
                 },
             ))
         }
@@ -125,6 +133,7 @@ pub fn write_layer<W: Write + Send>(
                     media_type: media_type.clone(),
                     diff_id: None,
                     uncompressed_size: None,
+                    warnings: Vec::new(),
                 },
             ))
         }

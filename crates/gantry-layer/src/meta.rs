@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use base64::Engine as _;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Error;
 
@@ -61,9 +63,10 @@ pub struct MetaSpec {
     pub gname: Option<String>,
     /// Epoch seconds or RFC 3339.
     pub mtime: Option<TimeSpec>,
-    /// Extended attributes (`user.foo = "bar"`).
+    /// Extended attributes (`user.foo = "bar"`, or binary values as
+    /// `"security.capability" = { base64 = "…" }`).
     #[serde(default)]
-    pub xattrs: BTreeMap<String, String>,
+    pub xattrs: BTreeMap<String, XattrValue>,
     /// Raw PAX records.
     #[serde(default)]
     pub pax_records: BTreeMap<String, String>,
@@ -89,10 +92,117 @@ pub struct DefaultsSpec {
     pub mtime: Option<TimeSpec>,
     /// Extended attributes for every entry.
     #[serde(default)]
-    pub xattrs: BTreeMap<String, String>,
+    pub xattrs: BTreeMap<String, XattrValue>,
     /// PAX records for every entry.
     #[serde(default)]
     pub pax_records: BTreeMap<String, String>,
+}
+
+/// The value of an extended attribute as users write it and `gantry ls --json` shows it: a
+/// string (its UTF-8 bytes), or `{ base64 = "…" }` for any bytes (`security.capability`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum XattrValue {
+    /// UTF-8 text.
+    Text(String),
+    /// Arbitrary bytes.
+    Bytes(Vec<u8>),
+}
+
+impl XattrValue {
+    /// A value for `bytes`: text when they are UTF-8 without control characters (NUL
+    /// included), otherwise bytes.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(s) if !s.chars().any(char::is_control) => XattrValue::Text(s),
+            Ok(s) => XattrValue::Bytes(s.into_bytes()),
+            Err(e) => XattrValue::Bytes(e.into_bytes()),
+        }
+    }
+
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            XattrValue::Text(s) => s.as_bytes(),
+            XattrValue::Bytes(b) => b,
+        }
+    }
+}
+
+impl From<&str> for XattrValue {
+    fn from(s: &str) -> Self {
+        XattrValue::Text(s.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for XattrValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = XattrValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, or a table { base64 = \"…\" } for binary values")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<XattrValue, E> {
+                Ok(XattrValue::Text(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<XattrValue, A::Error> {
+                let mut value = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "base64" {
+                        return Err(de::Error::unknown_field(&key, &["base64"]));
+                    }
+                    if value.is_some() {
+                        return Err(de::Error::duplicate_field("base64"));
+                    }
+                    let text: String = map.next_value()?;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(text.trim())
+                        .map_err(|e| de::Error::custom(format!("invalid base64: {e}")))?;
+                    value = Some(bytes);
+                }
+                value
+                    .map(XattrValue::Bytes)
+                    .ok_or_else(|| de::Error::missing_field("base64"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for XattrValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            XattrValue::Text(t) => s.serialize_str(t),
+            XattrValue::Bytes(b) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(
+                    "base64",
+                    &base64::engine::general_purpose::STANDARD.encode(b),
+                )?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// Whether gantry refuses to write the extended attribute `name` from metadata: `trusted.*`
+/// (host data that overlayfs acts on; `gantry unpack` refuses it), `user.overlay.*` (the
+/// same for `userxattr` overlay mounts), and names outside the `user.`, `security.` and
+/// `system.` namespaces (Linux has no others).
+pub fn refused_xattr(name: &str) -> Option<&'static str> {
+    if name.starts_with("trusted.") {
+        Some("trusted.* attributes are host data (overlayfs acts on them); layers never carry them")
+    } else if name.starts_with("user.overlay.") {
+        Some("user.overlay.* attributes are acted on by overlayfs; layers never carry them")
+    } else if !["user.", "security.", "system."]
+        .iter()
+        .any(|ns| name.len() > ns.len() && name.starts_with(ns))
+    {
+        Some("the name must be in the user., security. or system. namespace")
+    } else {
+        None
+    }
 }
 
 /// A time written as epoch seconds or as an RFC 3339 string.
@@ -233,6 +343,14 @@ impl MetaSpec {
         let mut pax = BTreeMap::new();
         for (name, value) in &self.xattrs {
             check_pax_text(ctx, "xattrs", name)?;
+            if let Some(reason) = refused_xattr(name) {
+                return Err(Error::InvalidMetadata {
+                    path: ctx.to_owned(),
+                    field: "xattrs",
+                    value: name.clone(),
+                    reason: reason.to_owned(),
+                });
+            }
             pax.insert(format!("{XATTR_PREFIX}{name}"), value.as_bytes().to_vec());
         }
         for (key, value) in &self.pax_records {
@@ -244,6 +362,14 @@ impl MetaSpec {
                     value: key.clone(),
                     reason: "this PAX record is derived from the entry; set the field instead"
                         .to_owned(),
+                });
+            }
+            if key.starts_with(XATTR_PREFIX) {
+                return Err(Error::InvalidMetadata {
+                    path: ctx.to_owned(),
+                    field: "pax-records",
+                    value: key.clone(),
+                    reason: "set extended attributes with `xattrs` instead".to_owned(),
                 });
             }
             pax.insert(key.clone(), value.as_bytes().to_vec());
@@ -351,6 +477,48 @@ mod tests {
         assert!(spec.validate("/a").is_err());
         let spec: MetaSpec = toml::from_str(r#"pax-records = { path = "x" }"#).unwrap();
         assert!(spec.validate("/a").is_err());
+    }
+
+    #[test]
+    fn xattr_values_are_text_or_base64() {
+        let spec: MetaSpec = toml::from_str(
+            r#"xattrs = { "user.t" = "text", "security.capability" = { base64 = "AQAAAgAgAAA=" } }"#,
+        )
+        .unwrap();
+        let o = spec.validate("/x").unwrap();
+        assert_eq!(o.pax["SCHILY.xattr.user.t"], b"text");
+        assert_eq!(
+            o.pax["SCHILY.xattr.security.capability"],
+            [1, 0, 0, 2, 0, 0x20, 0, 0]
+        );
+        for bad in [
+            r#"xattrs = { "user.a" = { base64 = "!!" } }"#,
+            r#"xattrs = { "user.a" = { hex = "00" } }"#,
+            r#"xattrs = { "user.a" = {} }"#,
+            r#"xattrs = { "user.a" = 1 }"#,
+        ] {
+            assert!(toml::from_str::<MetaSpec>(bad).is_err(), "{bad}");
+        }
+        let e = toml::from_str::<MetaSpec>(r#"xattrs = { "user.a" = { base64 = "!!" } }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("base64"), "{e}");
+        for name in [
+            "trusted.overlay.opaque",
+            "user.overlay.redirect",
+            "foo",
+            "user.",
+        ] {
+            let spec: MetaSpec =
+                toml::from_str(&format!(r#"xattrs = {{ "{name}" = "y" }}"#)).unwrap();
+            let e = spec.validate("/x").unwrap_err().to_string();
+            assert!(e.contains("/x") && e.contains(name), "{e}");
+        }
+        // Shown back: text when printable, base64 otherwise (JSON).
+        let show = |b: &[u8]| serde_json::to_string(&XattrValue::from_bytes(b.to_vec())).unwrap();
+        assert_eq!(show(b"ci"), r#""ci""#);
+        assert_eq!(show(b"\x01\x00"), r#"{"base64":"AQA="}"#);
+        assert_eq!(show(b"\xff"), r#"{"base64":"/w=="}"#);
     }
 
     #[test]

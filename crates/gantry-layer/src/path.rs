@@ -130,6 +130,13 @@ impl ImagePath {
         }
     }
 
+    /// The first component that starts with `.wh.` (a whiteout name in a layer), if any.
+    pub fn whiteout_component(&self) -> Option<&[u8]> {
+        self.0
+            .split(|&b| b == b'/')
+            .find(|c| c.starts_with(crate::recipe::WHITEOUT_PREFIX))
+    }
+
     /// Every ancestor from the top down, excluding the root and this path.
     pub fn ancestors(&self) -> impl Iterator<Item = ImagePath> + '_ {
         self.0

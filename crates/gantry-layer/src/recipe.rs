@@ -19,7 +19,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, openat, readlinkat, statat};
 
-use crate::meta::{Defaults, Meta, MetaOverride};
+use crate::meta::{Defaults, Meta, MetaOverride, XATTR_PREFIX};
 use crate::{Error, ImagePath};
 
 /// The prefix of whiteout file names.
@@ -91,8 +91,8 @@ impl FileStamp {
             dev: st.st_dev,
             ino: st.st_ino,
             size: u64::try_from(st.st_size).unwrap_or(0),
-            mtime_ns: st.st_mtime * 1_000_000_000 + i64::try_from(st.st_mtime_nsec).unwrap_or(0),
-            ctime_ns: st.st_ctime * 1_000_000_000 + i64::try_from(st.st_ctime_nsec).unwrap_or(0),
+            mtime_ns: nanos(st.st_mtime, i64::try_from(st.st_mtime_nsec).unwrap_or(0)),
+            ctime_ns: nanos(st.st_ctime, i64::try_from(st.st_ctime_nsec).unwrap_or(0)),
         }
     }
 
@@ -102,10 +102,16 @@ impl FileStamp {
             dev: md.dev(),
             ino: md.ino(),
             size: md.size(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            mtime_ns: nanos(md.mtime(), md.mtime_nsec()),
+            ctime_ns: nanos(md.ctime(), md.ctime_nsec()),
         }
     }
+}
+
+/// A time as nanoseconds since the epoch, saturating for times past 2262 (a source file may
+/// carry any time; the stat cache computes the same).
+fn nanos(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
 /// The stamp of the file a path leads to (following symlinks), through the same `stat` call as
@@ -152,6 +158,9 @@ pub struct Recipe {
     pub entries: Vec<Entry>,
     /// Things worth telling the user that are not errors (skipped sockets).
     pub warnings: Vec<String>,
+    /// Whether the tar writer counts source files whose extended attributes are left out
+    /// (they were not preserved), for a warning. Step captures handle attributes themselves.
+    pub count_unkept_xattrs: bool,
 }
 
 impl Recipe {
@@ -172,6 +181,11 @@ impl Recipe {
 /// when; taking them makes the layer only as reproducible as the source tree. For packaging a
 /// prepared root filesystem (Yocto under pseudo, a debootstrap tree) it is what is wanted.
 /// Per-path metadata still wins.
+///
+/// `xattrs` takes the extended attributes of regular files and directories that layers carry
+/// (`user.*`, `security.capability`; see the policy in `xattr.rs`). Without it they are not
+/// read while planning; the tar writer counts the source files that have some and the layer
+/// gets a warning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Preserve {
     /// Permission bits, including setuid, setgid and sticky (not for symlinks).
@@ -180,10 +194,12 @@ pub struct Preserve {
     pub owner: bool,
     /// Modification time (whole seconds).
     pub mtime: bool,
+    /// Extended attributes (`user.*`, `security.capability`).
+    pub xattrs: bool,
 }
 
 impl Preserve {
-    /// Parses names: `mode`, `owner`, `mtime`.
+    /// Parses names: `mode`, `owner`, `mtime`, `xattrs`.
     pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, Error> {
         let mut p = Preserve::default();
         for n in names {
@@ -191,12 +207,13 @@ impl Preserve {
                 "mode" => p.mode = true,
                 "owner" => p.owner = true,
                 "mtime" => p.mtime = true,
+                "xattrs" => p.xattrs = true,
                 other => {
                     return Err(Error::InvalidMetadata {
                         path: "layer".to_owned(),
                         field: "preserve",
                         value: other.to_owned(),
-                        reason: "known values are mode, owner and mtime".to_owned(),
+                        reason: "known values are mode, owner, mtime and xattrs".to_owned(),
                     });
                 }
             }
@@ -204,6 +221,7 @@ impl Preserve {
         Ok(p)
     }
 
+    /// Whether anything that needs a source's `stat` is preserved.
     fn any(self) -> bool {
         self.mode || self.owner || self.mtime
     }
@@ -381,6 +399,25 @@ impl ItemKind {
     }
 }
 
+/// Refuses an input path with a component that starts with `.wh.`: in a layer it would be a
+/// whiteout (or an opaque marker) and delete files of lower layers instead of adding one.
+/// Only the explicit whiteout options (`whiteouts`, `opaque`) make such names; imported tars
+/// keep theirs. `origin` names the input in the error.
+pub(crate) fn check_not_whiteout(path: &ImagePath, origin: &str) -> Result<(), Error> {
+    match path.whiteout_component() {
+        None => Ok(()),
+        Some(comp) => Err(Error::InvalidPath {
+            path: path.to_string(),
+            reason: format!(
+                "{origin}: the name {:?} starts with \".wh.\", which a layer reads as a \
+                 whiteout (it would delete files of lower layers); to delete files, use \
+                 whiteouts or opaque",
+                String::from_utf8_lossy(comp)
+            ),
+        }),
+    }
+}
+
 /// Collects entries and builds a [`Recipe`].
 #[derive(Debug)]
 pub struct RecipeBuilder {
@@ -392,6 +429,11 @@ pub struct RecipeBuilder {
     warnings: Vec<String>,
     preserve: Preserve,
     source_meta: HashMap<ImagePath, SourceMeta>,
+    /// Preserved extended attributes of sources (only non-empty ones).
+    source_xattrs: HashMap<ImagePath, BTreeMap<String, Vec<u8>>>,
+    xattr_reader: crate::xattr::Reader,
+    /// Attribute names left out of preserved sources, with their counts.
+    xattrs_left_out: BTreeMap<String, u64>,
 }
 
 impl RecipeBuilder {
@@ -406,6 +448,9 @@ impl RecipeBuilder {
             warnings: Vec::new(),
             preserve: Preserve::default(),
             source_meta: HashMap::new(),
+            source_xattrs: HashMap::new(),
+            xattr_reader: crate::xattr::Reader::default(),
+            xattrs_left_out: BTreeMap::new(),
         }
     }
 
@@ -421,7 +466,35 @@ impl RecipeBuilder {
         }
     }
 
+    /// Reads the extended attributes of a regular file or directory source when they are
+    /// preserved; `follow` follows a final symlink.
+    fn note_xattrs(&mut self, path: &ImagePath, src: &Path, follow: bool) -> Result<(), Error> {
+        if !self.preserve.xattrs {
+            return Ok(());
+        }
+        let x = self.xattr_reader.read(src, follow)?;
+        for name in x.left_out {
+            *self.xattrs_left_out.entry(name).or_default() += 1;
+        }
+        if !x.kept.is_empty() {
+            self.source_xattrs.insert(path.clone(), x.kept);
+        }
+        Ok(())
+    }
+
+    /// Adds an entry whose name comes from an input (never a whiteout: see
+    /// [`check_not_whiteout`]).
     fn insert(&mut self, path: ImagePath, kind: ItemKind, origin: &Arc<str>) -> Result<(), Error> {
+        check_not_whiteout(&path, origin)?;
+        self.insert_item(path, kind, origin)
+    }
+
+    fn insert_item(
+        &mut self,
+        path: ImagePath,
+        kind: ItemKind,
+        origin: &Arc<str>,
+    ) -> Result<(), Error> {
         if path.is_root() {
             return Err(Error::InvalidPath {
                 path: "/".to_owned(),
@@ -481,6 +554,7 @@ impl RecipeBuilder {
         }
         let origin: Arc<str> = Arc::from(format!("file {}", src.display()));
         self.note_source(&dest, SourceMeta::of(&md));
+        self.note_xattrs(&dest, src, true)?;
         self.insert(
             dest,
             ItemKind::DiskFile {
@@ -514,6 +588,7 @@ impl RecipeBuilder {
         let origin: Arc<str> = Arc::from(format!("directory {}", src.display()));
         if !dest.is_root() {
             self.note_source(&dest, SourceMeta::of(&md));
+            self.note_xattrs(&dest, src, true)?;
             self.insert(dest.clone(), ItemKind::Dir { implicit: false }, &origin)?;
         }
         let fd = rustix::fs::open(
@@ -628,6 +703,10 @@ impl RecipeBuilder {
                 if let Some(st) = &stat {
                     self.note_source(&path, SourceMeta::from_stat(st));
                 }
+                // Only regular files and directories can carry the attributes layers keep.
+                if matches!(ft, FileType::Directory | FileType::RegularFile) {
+                    self.note_xattrs(&path, full, false)?;
+                }
                 // Directories between the tree root and this entry belong to the tree. Without
                 // an include filter the walk has already added them (parents come first).
                 if w.filter.include.is_some() {
@@ -638,6 +717,10 @@ impl RecipeBuilder {
                             self.insert(anc, ItemKind::Dir { implicit: false }, w.origin)?;
                         }
                     }
+                }
+                if path.whiteout_component().is_some() {
+                    let origin = format!("file {} (in {})", full.display(), w.origin);
+                    check_not_whiteout(&path, &origin)?;
                 }
                 self.insert(path, kind, w.origin)?;
             }
@@ -733,6 +816,8 @@ impl RecipeBuilder {
     /// Adds a hard link to another regular file of this layer.
     pub fn add_hardlink(&mut self, dest: ImagePath, target: ImagePath) -> Result<(), Error> {
         let origin = format!("hard link {dest}");
+        check_not_whiteout(&dest, &origin)?;
+        check_not_whiteout(&target, &format!("the target of {origin}"))?;
         if let Some(existing) = self.items.get(&dest) {
             return Err(Error::DuplicatePath {
                 path: dest.to_string(),
@@ -787,8 +872,9 @@ impl RecipeBuilder {
         let mut wh = WHITEOUT_PREFIX.to_vec();
         wh.extend_from_slice(name);
         let origin: Arc<str> = Arc::from(format!("whiteout {path}"));
+        check_not_whiteout(&path, &origin)?;
         let wh_path = path.with_file_name(&wh)?;
-        self.insert(wh_path, ItemKind::Inline(Arc::from(&b""[..])), &origin)
+        self.insert_item(wh_path, ItemKind::Inline(Arc::from(&b""[..])), &origin)
     }
 
     /// Marks a directory opaque: its contents in lower layers are hidden.
@@ -800,13 +886,15 @@ impl RecipeBuilder {
             });
         }
         let origin: Arc<str> = Arc::from(format!("opaque directory {dir}"));
+        check_not_whiteout(&dir, &origin)?;
         let marker = dir.child(OPAQUE_WHITEOUT)?;
-        self.insert(marker, ItemKind::Inline(Arc::from(&b""[..])), &origin)
+        self.insert_item(marker, ItemKind::Inline(Arc::from(&b""[..])), &origin)
     }
 
     /// Sets metadata for one path. The path must name an entry of the layer by the time
     /// [`RecipeBuilder::build`] runs.
     pub fn set_metadata(&mut self, path: ImagePath, meta: MetaOverride) -> Result<(), Error> {
+        check_not_whiteout(&path, "metadata")?;
         if self.metadata.insert(path.clone(), meta).is_some() {
             return Err(Error::DuplicatePath {
                 path: path.to_string(),
@@ -862,9 +950,27 @@ impl RecipeBuilder {
             entries.push(Entry { path, kind, meta });
         }
         self.link_groups(&mut entries, by_inode);
+        let mut warnings = self.warnings;
+        if !self.xattrs_left_out.is_empty() {
+            let mut names: Vec<String> = self
+                .xattrs_left_out
+                .iter()
+                .take(16)
+                .map(|(k, n)| format!("{k} ({n} {})", if *n == 1 { "entry" } else { "entries" }))
+                .collect();
+            if self.xattrs_left_out.len() > 16 {
+                names.push(format!("{} more names", self.xattrs_left_out.len() - 16));
+            }
+            warnings.push(format!(
+                "extended attributes left out of the layer (only user.* and \
+                 security.capability are preserved): {}",
+                names.join(", ")
+            ));
+        }
         Ok(Recipe {
             entries,
-            warnings: self.warnings,
+            warnings,
+            count_unkept_xattrs: !self.preserve.xattrs,
         })
     }
 
@@ -993,6 +1099,11 @@ impl RecipeBuilder {
             }
             if p.mtime {
                 meta.mtime = src.mtime;
+            }
+        }
+        if let Some(x) = self.source_xattrs.get(path) {
+            for (k, v) in x {
+                meta.pax.insert(format!("{XATTR_PREFIX}{k}"), v.clone());
             }
         }
         if let Some(o) = self.metadata.get(path) {
@@ -1297,6 +1408,106 @@ mod tests {
         // A symlink keeps 0777 whatever is preserved.
         assert_eq!(link.0, 0o777);
         assert!(Preserve::parse(&["perms"]).is_err());
+    }
+
+    #[test]
+    fn preserve_xattrs_takes_user_and_capability_attributes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("rootfs");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/a"), "x").unwrap();
+        let set = |p: &Path, k: &str, v: &[u8]| {
+            rustix::fs::setxattr(p, k, v, rustix::fs::XattrFlags::empty()).unwrap();
+        };
+        set(&root.join("etc/a"), "user.bin", b"\0\n\xff");
+        set(&root.join("etc/a"), "trusted.host", b"x");
+        set(&root.join("etc/a"), "security.ima", b"\x04");
+        set(&root.join("etc"), "user.dir", b"d");
+        let build = |keep: Preserve| {
+            let mut b = RecipeBuilder::new(Defaults::new(0), true);
+            b.preserve(keep);
+            b.add_tree(ImagePath::root(), &root, &TreeFilter::default())
+                .unwrap();
+            b.add_file(p("/copy"), &root.join("etc/a")).unwrap();
+            b.build().unwrap()
+        };
+        let pax = |r: &Recipe, path: &str| {
+            r.entries
+                .iter()
+                .find(|e| e.path == p(path))
+                .unwrap()
+                .meta
+                .pax
+                .clone()
+        };
+        // Not preserved: nothing read; the tar writer counts them instead.
+        let r = build(Preserve::default());
+        assert!(pax(&r, "/etc/a").is_empty() && pax(&r, "/etc").is_empty());
+        assert!(r.count_unkept_xattrs && r.warnings.is_empty());
+
+        let r = build(Preserve::parse(&["xattrs"]).unwrap());
+        assert!(!r.count_unkept_xattrs);
+        let a = pax(&r, "/etc/a");
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            ["SCHILY.xattr.user.bin"],
+            "only what layers carry"
+        );
+        assert_eq!(a["SCHILY.xattr.user.bin"], b"\0\n\xff");
+        assert_eq!(pax(&r, "/copy"), a);
+        assert_eq!(pax(&r, "/etc")["SCHILY.xattr.user.dir"], b"d");
+        // security.ima is named (twice: the tree entry and the file); trusted.* is not.
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].contains("security.ima (2 entries)"),
+            "{:?}",
+            r.warnings
+        );
+        assert!(!r.warnings[0].contains("trusted"));
+        // Metadata still wins.
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.preserve(Preserve::parse(&["xattrs"]).unwrap());
+        b.add_file(p("/copy"), &root.join("etc/a")).unwrap();
+        let o: MetaSpec = toml::from_str(r#"xattrs = { "user.bin" = "text" }"#).unwrap();
+        b.set_metadata(p("/copy"), o.validate("/copy").unwrap())
+            .unwrap();
+        let r = b.build().unwrap();
+        assert_eq!(pax(&r, "/copy")["SCHILY.xattr.user.bin"], b"text");
+    }
+
+    #[test]
+    fn whiteout_names_only_from_whiteout_options() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("tree/.wh..wh..opq")).unwrap();
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        let e = b
+            .add_tree(p("/x"), &t.path().join("tree"), &TreeFilter::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/x/.wh..wh..opq") && e.contains("tree/.wh..wh..opq"),
+            "{e}"
+        );
+        // Excluded, it is not in the layer: fine.
+        let f = TreeFilter::new(&[], &[".wh.*".to_owned()]).unwrap();
+        b.add_tree(p("/x"), &t.path().join("tree"), &f).unwrap();
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        for r in [
+            b.add_content(p("/a/.wh.b"), b"x"),
+            b.add_symlink(p("/.wh.a/b"), b"x"),
+            b.add_empty_dir(p("/.wh.d")),
+            b.add_hardlink(p("/.wh.l"), p("/t")),
+            b.add_hardlink(p("/l"), p("/.wh.t")),
+            b.add_whiteout(p("/.wh.d/x")),
+            b.add_opaque(p("/.wh.d")),
+            b.set_metadata(p("/.wh.m"), MetaOverride::default()),
+        ] {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(".wh.") && e.contains("whiteout"), "{e}");
+        }
+        b.add_whiteout(p("/etc/passwd")).unwrap();
+        b.add_opaque(p("/var/cache")).unwrap();
+        assert_eq!(b.build().unwrap().entries.len(), 5);
     }
 
     fn filetime_set(p: &Path, secs: i64) {

@@ -264,7 +264,19 @@ impl LayerSpec {
             bad(vec![key("defaults")], e.to_string());
         }
 
-        let path_ok = |s: &str| ImagePath::parse(s).err().map(|e| e.to_string());
+        // Every image path given (the keys of metadata too) must parse and have no `.wh.`
+        // component: in a layer that would be a whiteout (see `check_not_whiteout`).
+        let path_ok = |s: &str| match ImagePath::parse(s) {
+            Err(e) => Some(e.to_string()),
+            Ok(p) => p.whiteout_component().map(|c| {
+                format!(
+                    "the name {:?} starts with \".wh.\", which a layer reads as a whiteout \
+                         (it would delete files of lower layers); to delete files, use \
+                         whiteouts or opaque",
+                    String::from_utf8_lossy(c)
+                )
+            }),
+        };
         // `Want::File`: a regular file (files entries); `Want::Stream`: anything readable but a
         // directory (a tar may come from a pipe); `Want::Dir`: a directory.
         #[derive(PartialEq)]

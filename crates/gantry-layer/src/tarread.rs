@@ -16,6 +16,7 @@ use std::sync::Arc;
 use gantry_oci::{Compression, Digest, Hasher, HashingReader};
 
 use crate::limits::{Capped, CountConsumed, Limits, Meter};
+use crate::pax::{MAX_PAX_HEADER, PaxState, PaxTap, Record, checked_records};
 use crate::recipe::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use crate::{Compressor, Error};
 
@@ -99,6 +100,72 @@ pub fn check_whiteout_name(normalized: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// A header's mtime in epoch seconds, negative ones included. Octal fields are read as
+/// usual; GNU's base-256 form (first byte has the high bit set) is a two's-complement number,
+/// so `0xff…` is a time before 1970. (The `tar` crate reads base-256 fields as unsigned
+/// only, which turns -1 into 2^64 - 1.) A PAX `mtime` record, when present, overrides this.
+pub fn header_mtime(h: &tar::Header) -> Result<i64, String> {
+    let field = &h.as_old().mtime;
+    if field[0] & 0x80 == 0 {
+        let v = h.mtime().map_err(|e| e.to_string())?;
+        // Twelve octal digits at most: always fits.
+        return i64::try_from(v).map_err(|_| format!("mtime {v} is out of range"));
+    }
+    parse_base256(field).ok_or_else(|| "base-256 mtime is out of range".to_owned())
+}
+
+/// A GNU base-256 number field (as Go's archive/tar reads it): the bits after the marker bit
+/// are a big-endian two's-complement integer; `None` when it does not fit an `i64`.
+fn parse_base256(field: &[u8]) -> Option<i64> {
+    // 0x00 for positive numbers, 0xff for negative ones (-a-1 == !a).
+    let inv = if field[0] & 0x40 != 0 { 0xff } else { 0x00 };
+    let mut x: u64 = 0;
+    for (i, &b) in field.iter().enumerate() {
+        let mut c = b ^ inv;
+        if i == 0 {
+            c &= 0x7f;
+        }
+        if x >> 56 != 0 {
+            return None;
+        }
+        x = (x << 8) | u64::from(c);
+    }
+    if x >> 63 != 0 {
+        return None;
+    }
+    let v = x as i64;
+    Some(if inv == 0xff { !v } else { v })
+}
+
+/// A PAX time record (`1700000000.123456789`, possibly negative) as whole seconds and
+/// nanoseconds, rounded down (`-1.5` is second -2 plus 0.5 s). `None` when malformed.
+pub fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
+    let mut nanos: u32 = 0;
+    for i in 0..9 {
+        nanos = nanos * 10 + frac.as_bytes().get(i).map_or(0, |d| u32::from(d - b'0'));
+    }
+    Some(if !neg {
+        (secs, nanos)
+    } else if nanos == 0 {
+        (-secs, 0)
+    } else {
+        (-secs - 1, 1_000_000_000 - nanos)
+    })
+}
+
 /// What a tar entry is, in the words `gantry ls` uses.
 pub fn kind_name(t: tar::EntryType) -> Option<&'static str> {
     use tar::EntryType as T;
@@ -129,7 +196,7 @@ impl<R: Read> Read for Counting<R> {
 }
 
 /// The reader type [`walk_tar`]'s visitor sees entries of.
-pub type WalkReader<'b> = Counting<Box<dyn Read + 'b>>;
+pub type WalkReader<'b> = Counting<PaxTap<Box<dyn Read + 'b>>>;
 
 /// Statistics of a validated tar stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,12 +207,13 @@ pub struct TarStats {
     pub size: u64,
 }
 
-/// Walks a tar stream, validating every member, calling `visit` for each, then checks the end
-/// marker and that only zeros follow it. `what` names the input in errors.
+/// Walks a tar stream, validating every member, calling `visit` for each with its normalised
+/// path and its PAX records (read exactly: see [`crate::pax`]), then checks the end marker
+/// and that only zeros follow it. `what` names the input in errors.
 pub fn walk_tar<'b>(
     reader: Box<dyn Read + 'b>,
     what: &str,
-    mut visit: impl FnMut(&[u8], &mut tar::Entry<'_, WalkReader<'b>>) -> Result<(), Error>,
+    mut visit: impl FnMut(&[u8], &[Record], &mut tar::Entry<'_, WalkReader<'b>>) -> Result<(), Error>,
 ) -> Result<TarStats, Error> {
     let bad = |entry: Option<&[u8]>, reason: String| Error::InvalidTar {
         what: what.to_owned(),
@@ -153,8 +221,10 @@ pub fn walk_tar<'b>(
         reason,
     };
     let io_bad = |e: io::Error| bad(None, io_reason(&e));
+    let pax_state = PaxState::new();
+    pax_state.expect_header_at(0);
     let mut archive = tar::Archive::new(Counting {
-        inner: reader,
+        inner: PaxTap::new(reader, pax_state.clone()),
         count: 0,
     });
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
@@ -198,10 +268,12 @@ pub fn walk_tar<'b>(
         if !seen.insert(path.clone()) {
             return Err(bad(Some(&raw), "the same path appears twice".to_owned()));
         }
+        let records = entry_pax(&pax_state, &mut entry).map_err(|r| bad(Some(&raw), r))?;
         entries += 1;
         let size = entry.size();
         end_of_last = entry.raw_file_position() + size.div_ceil(512) * 512;
-        visit(&path, &mut entry)?;
+        pax_state.expect_header_at(end_of_last);
+        visit(&path, &records, &mut entry)?;
     }
     let mut inner = archive.into_inner();
     if inner.count < end_of_last + 512 {
@@ -227,6 +299,27 @@ pub fn walk_tar<'b>(
         entries,
         size: inner.count,
     })
+}
+
+/// The PAX records of `entry`, read exactly from the raw header data `state`'s tap kept (see
+/// [`crate::pax`]); empty when the entry has no PAX header. Call before reading the entry's
+/// data.
+pub fn entry_pax<R: Read>(
+    state: &PaxState,
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<Vec<Record>, String> {
+    let header_pos = entry.raw_header_position();
+    let has_pax = entry
+        .pax_extensions()
+        .map_err(|e| format!("invalid PAX header: {e}"))?
+        .is_some();
+    if !has_pax {
+        return Ok(Vec::new());
+    }
+    let raw = state
+        .take(header_pos)
+        .ok_or_else(|| format!("the PAX header could not be kept (over {MAX_PAX_HEADER} bytes)"))?;
+    checked_records(&raw).map_err(|r| format!("invalid PAX header: {r}"))
 }
 
 /// What the tar crate says (as `ErrorKind::Other`) when its input ends inside an entry's data
@@ -364,7 +457,7 @@ fn import_capped<R: Read, W: Write + Send>(
                     out: w,
                 });
                 let mut hashing = HashingReader::new(tee, gantry_oci::Algorithm::Sha256);
-                let stats = walk_tar(Box::new(&mut hashing), &what, |_, _| Ok(()))?;
+                let stats = walk_tar(Box::new(&mut hashing), &what, |_, _, _| Ok(()))?;
                 let (_, diff_id, _) = hashing.finish();
                 Ok((diff_id, stats))
             })?;
@@ -399,7 +492,7 @@ fn validate_stream<R: BufRead>(
                 reason: io_reason(&e),
             })?;
         let mut hashing = HashingReader::new(plain, gantry_oci::Algorithm::Sha256);
-        let stats = walk_tar(Box::new(&mut hashing), what, |_, _| Ok(()))?;
+        let stats = walk_tar(Box::new(&mut hashing), what, |_, _, _| Ok(()))?;
         let (_, d, _) = hashing.finish();
         (d, stats)
     };
@@ -421,10 +514,19 @@ fn validate_stream<R: BufRead>(
 }
 
 /// One row of `gantry ls`.
+///
+/// Names are bytes in a layer. `path` and `link` show them as text (invalid UTF-8 as U+FFFD,
+/// so two names can look the same); when a name is not UTF-8, `pathBase64` / `linkBase64`
+/// hold its exact bytes (`/`-rooted), and the raw bytes are in [`ListedEntry::raw_path`] and
+/// [`ListedEntry::raw_link`] for callers. Extended attribute values are strings when they
+/// are UTF-8, otherwise `{"base64": "…"}` (the syntax layer metadata takes).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ListedEntry {
-    /// `/`-rooted path.
+    /// `/`-rooted path, as text.
     pub path: String,
+    /// The path's exact bytes in base64, when they are not UTF-8.
+    #[serde(rename = "pathBase64", skip_serializing_if = "Option::is_none")]
+    pub path_base64: Option<String>,
     /// `file`, `dir`, `symlink`, `hardlink`, `char`, `block`, `fifo`.
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -440,19 +542,47 @@ pub struct ListedEntry {
     /// Group name, if any.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub gname: String,
-    /// Modification time, epoch seconds.
+    /// Modification time, epoch seconds (negative before 1970).
     pub mtime: i64,
     /// Content size.
     pub size: u64,
     /// sha256 of the content of regular files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
-    /// Symlink or hard link target.
+    /// Symlink or hard link target, as text (a hard link's `/`-rooted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// The target's exact bytes in base64, when they are not UTF-8.
+    #[serde(rename = "linkBase64", skip_serializing_if = "Option::is_none")]
+    pub link_base64: Option<String>,
     /// Extended attributes.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub xattrs: std::collections::BTreeMap<String, String>,
+    pub xattrs: std::collections::BTreeMap<String, crate::meta::XattrValue>,
+    /// The exact path bytes, `/`-rooted.
+    #[serde(skip)]
+    pub raw_path: Vec<u8>,
+    /// The exact target bytes.
+    #[serde(skip)]
+    pub raw_link: Option<Vec<u8>>,
+}
+
+/// Base64 of `bytes` when they are not UTF-8.
+fn base64_if_binary(bytes: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    std::str::from_utf8(bytes)
+        .is_err()
+        .then(|| base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// The mtime of an entry: the PAX record (rounded down to whole seconds) when there is one,
+/// else the header's (octal or GNU base-256, negative included).
+pub fn entry_mtime(h: &tar::Header, pax: &[Record]) -> Result<i64, String> {
+    match pax.iter().rev().find(|(k, _)| k == b"mtime") {
+        Some((_, v)) => crate::tarread::parse_pax_time(v)
+            .map(|(s, _)| s)
+            .ok_or_else(|| format!("invalid PAX mtime {:?}", String::from_utf8_lossy(v))),
+        None => header_mtime(h),
+    }
 }
 
 /// Lists the entries of a (possibly compressed) layer stream, hashing file contents.
@@ -481,46 +611,38 @@ fn list_capped<'a, R: BufRead + 'a>(
             entry: None,
             reason: io_reason(&e),
         })?;
-    walk_tar(plain, what, |path, entry| {
+    walk_tar(plain, what, |path, pax, entry| {
+        let bad = |reason: String| Error::InvalidTar {
+            what: what.to_owned(),
+            entry: Some(String::from_utf8_lossy(path).into_owned()),
+            reason,
+        };
         let h = entry.header().clone();
         let kind = kind_name(h.entry_type()).unwrap_or("?");
         let mut xattrs = std::collections::BTreeMap::new();
-        let mut mtime = h.mtime().unwrap_or(0) as i64;
-        if let Ok(Some(pax)) = entry.pax_extensions() {
-            for ext in pax.flatten() {
-                let Ok(k) = ext.key() else { continue };
-                if let Some(name) = k.strip_prefix(crate::meta::XATTR_PREFIX) {
-                    xattrs.insert(
-                        name.to_owned(),
-                        String::from_utf8_lossy(ext.value_bytes()).into_owned(),
-                    );
-                } else if k == "mtime"
-                    && let Some(t) = ext
-                        .value()
-                        .ok()
-                        .and_then(|v| v.split('.').next()?.parse().ok())
-                {
-                    mtime = t;
-                }
+        for (k, v) in pax {
+            if let Some(name) = k.strip_prefix(crate::meta::XATTR_PREFIX.as_bytes()) {
+                xattrs.insert(
+                    String::from_utf8_lossy(name).into_owned(),
+                    crate::meta::XattrValue::from_bytes(v.clone()),
+                );
             }
         }
-        let link = entry.link_name_bytes().map(|l| match h.entry_type() {
-            tar::EntryType::Link => format!(
-                "/{}",
-                String::from_utf8_lossy(&normalize_member_name(&l).unwrap_or_default())
-            ),
-            _ => String::from_utf8_lossy(&l).into_owned(),
+        let mtime = entry_mtime(&h, pax).map_err(bad)?;
+        let raw_link = entry.link_name_bytes().map(|l| match h.entry_type() {
+            tar::EntryType::Link => {
+                let mut p = b"/".to_vec();
+                p.extend_from_slice(&normalize_member_name(&l).unwrap_or_default());
+                p
+            }
+            _ => l.into_owned(),
         });
         let size = entry.size();
         let digest = if kind == "file" {
             let mut hasher = Hasher::sha256();
             let mut buf = [0u8; 64 * 1024];
             loop {
-                let n = entry.read(&mut buf).map_err(|err| Error::InvalidTar {
-                    what: what.to_owned(),
-                    entry: Some(String::from_utf8_lossy(path).into_owned()),
-                    reason: io_reason(&err),
-                })?;
+                let n = entry.read(&mut buf).map_err(|err| bad(io_reason(&err)))?;
                 if n == 0 {
                     break;
                 }
@@ -530,22 +652,110 @@ fn list_capped<'a, R: BufRead + 'a>(
         } else {
             None
         };
+        let mut raw_path = b"/".to_vec();
+        raw_path.extend_from_slice(path);
         each(ListedEntry {
-            path: format!("/{}", String::from_utf8_lossy(path)),
+            path: String::from_utf8_lossy(&raw_path).into_owned(),
+            path_base64: base64_if_binary(&raw_path),
             kind,
             mode: format!("{:04o}", h.mode().unwrap_or(0) & 0o7777),
-            uid: entry.header().uid().unwrap_or(0),
-            gid: entry.header().gid().unwrap_or(0),
+            uid: crate::pax::id(&h, pax, "uid").map_err(bad)?,
+            gid: crate::pax::id(&h, pax, "gid").map_err(bad)?,
             uname: h.username().ok().flatten().unwrap_or("").to_owned(),
             gname: h.groupname().ok().flatten().unwrap_or("").to_owned(),
             mtime,
             size: if kind == "file" { size } else { 0 },
             digest,
-            link,
+            link: raw_link
+                .as_ref()
+                .map(|l| String::from_utf8_lossy(l).into_owned()),
+            link_base64: raw_link.as_deref().and_then(base64_if_binary),
             xattrs,
+            raw_path,
+            raw_link,
         });
         Ok(())
     })
+}
+
+/// The names and kinds of the entries of a (possibly compressed) layer stream, without
+/// reading file contents, for checks over an image's layers ([`crate::stack`]).
+pub fn list_names<'a, R: BufRead + 'a>(
+    input: R,
+    compression: Compression,
+    what: &str,
+) -> Result<Vec<crate::stack::ListedName>, Error> {
+    let meter = Meter::new();
+    let result = list_names_capped(input, compression, what, &meter);
+    within_limits(result, &meter, what)
+}
+
+fn list_names_capped<'a, R: BufRead + 'a>(
+    input: R,
+    compression: Compression,
+    what: &str,
+    meter: &Arc<Meter>,
+) -> Result<Vec<crate::stack::ListedName>, Error> {
+    use crate::stack::{ListedName, NameKind};
+    let plain =
+        decoder(input, compression, &Limits::default(), meter).map_err(|e| Error::InvalidTar {
+            what: what.to_owned(),
+            entry: None,
+            reason: io_reason(&e),
+        })?;
+    let mut out = Vec::new();
+    walk_tar(plain, what, |path, _, entry| {
+        let kind = match entry.header().entry_type() {
+            tar::EntryType::Directory => NameKind::Dir,
+            tar::EntryType::Symlink => NameKind::Symlink(
+                entry
+                    .link_name_bytes()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default(),
+            ),
+            _ => NameKind::Other,
+        };
+        out.push(ListedName {
+            path: path.to_vec(),
+            kind,
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Shows a name (or link target) on one line the way `tar -tv` does: `\\`, `\n`, `\t` and
+/// the other C escapes, and every other control character or byte that is not UTF-8 as a
+/// three-digit octal escape (`\377`). Distinct names always look distinct.
+pub fn escape_name(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let octal = |out: &mut String, b: u8| out.push_str(&format!("\\{b:03o}"));
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                '\x07' => out.push_str("\\a"),
+                '\x08' => out.push_str("\\b"),
+                '\x0b' => out.push_str("\\v"),
+                '\x0c' => out.push_str("\\f"),
+                // Other controls, C1 controls and line/paragraph separators.
+                c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                    let mut b = [0u8; 4];
+                    for &byte in c.encode_utf8(&mut b).as_bytes() {
+                        octal(&mut out, byte);
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for &b in chunk.invalid() {
+            octal(&mut out, b);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -579,7 +789,7 @@ mod tests {
     }
 
     fn walk(bytes: &[u8]) -> Result<TarStats, Error> {
-        walk_tar(Box::new(bytes), "t.tar", |_, _| Ok(()))
+        walk_tar(Box::new(bytes), "t.tar", |_, _, _| Ok(()))
     }
 
     #[test]
@@ -626,6 +836,51 @@ mod tests {
         }
         assert!(walk(&raw_tar(b"etc/.wh..wh..opq", b'0')).is_ok());
         assert!(walk(&raw_tar(b"etc/.wh.passwd", b'0')).is_ok());
+    }
+
+    #[test]
+    fn header_times_before_1970_in_base256() {
+        for t in [
+            -1i64,
+            -631_152_000,
+            0,
+            1,
+            10_413_792_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut h = tar::Header::new_gnu();
+            let field = &mut h.as_old_mut().mtime;
+            field[..4].fill(if t < 0 { 0xff } else { 0 });
+            field[4..].copy_from_slice(&t.to_be_bytes());
+            field[0] |= 0x80;
+            assert_eq!(header_mtime(&h), Ok(t), "{t}");
+        }
+        // Beyond an i64.
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().mtime = [0x80, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(header_mtime(&h).is_err());
+        // Octal.
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(0o77777777777);
+        assert_eq!(header_mtime(&h), Ok(0o77777777777));
+        assert_eq!(parse_pax_time(b"-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(parse_pax_time(b"10413792000"), Some((10_413_792_000, 0)));
+        assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+
+    #[test]
+    fn names_escape_like_tar() {
+        assert_eq!(escape_name(b"a\nb\tc\\d"), "a\\nb\\tc\\\\d");
+        assert_eq!(escape_name(b"x\xff\xfe"), "x\\377\\376");
+        assert_eq!(escape_name(b"\x01\x7f"), "\\001\\177");
+        assert_eq!(escape_name("café\u{85}".as_bytes()), "café\\302\\205");
+        assert_eq!(escape_name(b"plain name"), "plain name");
+        // Distinct names stay distinct.
+        let names: Vec<Vec<u8>> = (0u8..=255).map(|b| vec![b'n', b]).collect();
+        let shown: HashSet<String> = names.iter().map(|n| escape_name(n)).collect();
+        assert_eq!(shown.len(), 256);
+        assert!(shown.iter().all(|s| !s.contains(['\n', '\r'])));
     }
 
     // T11b: duplicates.
@@ -745,7 +1000,7 @@ metadata."/c" = { xattrs = { "user.x" = "y" }, uid = 3000000 }"#,
                 t[i % n] = b;
             }
             t.truncate(cut.max(1).min(t.len()));
-            let _ = walk_tar(Box::new(&t[..]), "fuzz", |_, _| Ok(()));
+            let _ = walk_tar(Box::new(&t[..]), "fuzz", |_, _, _| Ok(()));
         }
 
         #[test]
@@ -760,7 +1015,7 @@ metadata."/c" = { xattrs = { "user.x" = "y" }, uid = 3000000 }"#,
                 z[i % n] = b;
             }
             if let Ok(r) = decoder(&z[..], c, &Limits::default(), &Meter::new()) {
-                let _ = walk_tar(r, "fuzz", |_, _| Ok(()));
+                let _ = walk_tar(r, "fuzz", |_, _, _| Ok(()));
             }
         }
     }

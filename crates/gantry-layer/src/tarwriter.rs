@@ -3,9 +3,10 @@
 //! Headers are ustar with PAX extended headers only where a value does not fit (long names and
 //! link targets, big sizes, ids and times) or carries extra records (xattrs). Nothing depends on
 //! the host: no atime/ctime, no device numbers of the source, no sparse files, fixed PAX header
-//! names, records sorted by key. The archive ends with two zero blocks.
+//! names, records sorted by key (those whose value holds a newline last). The archive ends
+//! with two zero blocks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 
@@ -18,25 +19,61 @@ const MAX_OCTAL_8: u64 = 0o7777777;
 const MAX_OCTAL_12: u64 = 0o77777777777;
 const COPY_BUF: usize = 256 * 1024;
 
+/// What the writer noticed while writing a recipe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TarReport {
+    /// Source files with extended attributes that a layer would carry but this one does not
+    /// (they were not preserved; see [`Recipe::count_unkept_xattrs`]).
+    pub unkept_xattr_files: u64,
+    /// Their attribute names.
+    pub unkept_xattr_names: BTreeSet<String>,
+}
+
+impl TarReport {
+    /// The warning for the user, if there is anything to say.
+    pub fn warning(&self) -> Option<String> {
+        if self.unkept_xattr_files == 0 {
+            return None;
+        }
+        let n = self.unkept_xattr_files;
+        let names: Vec<&str> = self.unkept_xattr_names.iter().map(String::as_str).collect();
+        Some(format!(
+            "{n} source file{} with extended attributes ({}) left out of the layer; \
+             preserve them with `--preserve xattrs` (spec: preserve = [\"xattrs\"])",
+            if n == 1 { "" } else { "s" },
+            names.join(", ")
+        ))
+    }
+}
+
 /// Writes the recipe as a tar stream to `out`.
 pub fn write_tar(
     recipe: &Recipe,
     out: &mut dyn Write,
     progress: &dyn Progress,
-) -> Result<(), Error> {
+) -> Result<TarReport, Error> {
     let mut buf = vec![0u8; COPY_BUF];
+    let mut report = TarReport::default();
+    let mut xattr_buf = Vec::new();
+    let mut xattrs = recipe
+        .count_unkept_xattrs
+        .then_some((&mut report, &mut xattr_buf));
     for entry in &recipe.entries {
-        write_entry(entry, out, &mut buf, progress)?;
+        write_entry(entry, out, &mut buf, progress, xattrs.as_mut())?;
     }
     out.write_all(&[0u8; BLOCK * 2]).map_err(Error::output)?;
-    Ok(())
+    Ok(report)
 }
+
+/// Where the writer counts source files with attributes left out, and its list buffer.
+type XattrCount<'a, 'b> = &'a mut (&'b mut TarReport, &'b mut Vec<u8>);
 
 fn write_entry(
     entry: &Entry,
     out: &mut dyn Write,
     buf: &mut [u8],
     progress: &dyn Progress,
+    xattrs: Option<XattrCount<'_, '_>>,
 ) -> Result<(), Error> {
     let mut name = entry.path.as_bytes().to_vec();
     let (typeflag, size, link, dev) = match &entry.kind {
@@ -72,7 +109,7 @@ fn write_entry(
                 progress.advance(bytes.len() as u64);
             }
             FileSource::Disk { path, size, stamp } => {
-                copy_file(path, *size, stamp, out, buf, progress)?;
+                copy_file(path, *size, stamp, out, buf, progress, xattrs)?;
             }
         }
         pad(out, size).map_err(Error::output)?;
@@ -82,7 +119,8 @@ fn write_entry(
 
 /// Copies exactly `size` bytes of `path`, failing if the file changed since the recipe was made:
 /// its length (the header already promised `size`), or its stamp (mtime, ctime, inode), which a
-/// cache key may have been computed from.
+/// cache key may have been computed from. With `xattrs`, counts the file when it has
+/// attributes a layer would carry (one `flistxattr` on the open file).
 fn copy_file(
     path: &std::path::Path,
     size: u64,
@@ -90,12 +128,24 @@ fn copy_file(
     out: &mut dyn Write,
     buf: &mut [u8],
     progress: &dyn Progress,
+    xattrs: Option<XattrCount<'_, '_>>,
 ) -> Result<(), Error> {
     let src_err = |source| Error::Source {
         path: path.to_owned(),
         source,
     };
     let mut f = File::open(path).map_err(src_err)?;
+    if let Some((report, list)) = xattrs {
+        let names = crate::xattr::kept_names_fd(std::os::fd::AsFd::as_fd(&f), list);
+        if !names.is_empty() {
+            report.unkept_xattr_files += 1;
+            for n in names {
+                if report.unkept_xattr_names.len() < 16 {
+                    report.unkept_xattr_names.insert(n);
+                }
+            }
+        }
+    }
     let mut left = size;
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -216,9 +266,14 @@ pub(crate) fn write_headers(
     }
 
     if !pax.is_empty() {
+        // Sorted by key, except that records whose value holds a newline (binary xattrs)
+        // come last: readers that split PAX data on newlines (the Rust `tar` crate) then
+        // still find `path`, `size`, `uid` and `gid`.
         let mut records = Vec::new();
-        for (k, v) in &pax {
-            records.extend_from_slice(&pax_record(k, v));
+        for last in [false, true] {
+            for (k, v) in pax.iter().filter(|(_, v)| v.contains(&b'\n') == last) {
+                records.extend_from_slice(&pax_record(k, v));
+            }
         }
         let base = f
             .name
@@ -427,6 +482,61 @@ xattrs = { "user.k" = "v" }"#,
             ["bin", "dddd", "dddd", "etc/", "etc/", "etc/"],
             "{seen:?}"
         );
+    }
+
+    #[test]
+    fn binary_xattrs_go_last_and_unkept_ones_are_counted() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, "x").unwrap();
+        rustix::fs::setxattr(&f, "user.a", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+        let mut b = RecipeBuilder::new(Defaults::new(0), true);
+        b.add_file(p("/f"), &f).unwrap();
+        b.add_file(p("/g"), &f).unwrap();
+        let long = format!("/{}", "n".repeat(120));
+        b.add_content(p(&long), b"x").unwrap();
+        let spec: MetaSpec = toml::from_str(
+            r#"uid = 3000000
+xattrs = { "user.bin" = { base64 = "AAr/Cg==" }, "user.txt" = "t" }"#,
+        )
+        .unwrap();
+        b.set_metadata(p(&long), spec.validate(&long).unwrap())
+            .unwrap();
+        let r = b.build().unwrap();
+        let mut out = Vec::new();
+        let report = write_tar(&r, &mut out, &NoProgress).unwrap();
+        // The same file added twice: two entries (nlink 1, so no hard link), both counted.
+        assert_eq!(report.unkept_xattr_files, 2);
+        assert_eq!(
+            report.unkept_xattr_names.iter().collect::<Vec<_>>(),
+            ["user.a"]
+        );
+        assert!(report.warning().unwrap().contains("2 source files"));
+        // The record with a newline comes after path, uid and the other xattr.
+        let text = String::from_utf8_lossy(&out);
+        let at = |k: &str| text.find(k).unwrap_or_else(|| panic!("{k}"));
+        assert!(at(" path=") < at(" SCHILY.xattr.user.bin="));
+        assert!(at(" uid=") < at(" SCHILY.xattr.user.bin="));
+        assert!(at(" SCHILY.xattr.user.txt=") < at(" SCHILY.xattr.user.bin="));
+        // The tar crate still finds the path and uid; gantry's reader finds the value.
+        let mut seen = false;
+        crate::tarread::list_layer(&out[..], gantry_oci::Compression::None, "t", |e| {
+            if e.path == long {
+                seen = true;
+                assert_eq!(e.uid, 3_000_000);
+                assert_eq!(
+                    e.xattrs["user.bin"],
+                    crate::meta::XattrValue::Bytes(vec![0, b'\n', 0xff, b'\n'])
+                );
+            }
+        })
+        .unwrap();
+        assert!(seen);
+        // Nothing counted when not asked to.
+        let mut r2 = r.clone();
+        r2.count_unkept_xattrs = false;
+        let report = write_tar(&r2, &mut Vec::new(), &NoProgress).unwrap();
+        assert_eq!(report, TarReport::default());
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn rows(bytes: &[u8]) -> Vec<String> {
                 if k.starts_with("security.") {
                     s.push_str(&format!(" [{k}]"));
                 } else {
-                    s.push_str(&format!(" [{k}={v}]"));
+                    s.push_str(&format!(" [{k}={}]", String::from_utf8_lossy(v.as_bytes())));
                 }
             }
             s

@@ -815,6 +815,13 @@ fn run_image(
     };
     let up_to_date = layout_holds(&target.output, &built, &target.layout_tag, remote, stat);
     if !up_to_date {
+        crate::whiteouts::warn_whiteouts_under_symlinks(
+            ctx,
+            store,
+            &image.layers,
+            base_layers,
+            &format!("image.{}", target.name),
+        );
         if let Some(parent) = target.output.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;

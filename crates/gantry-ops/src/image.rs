@@ -132,6 +132,7 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
     let store = ctx.store()?;
     crate::registry::find_absent_layers(ctx, &store, &mut image, &base, &platform)
         .with_context(|| format!("cannot use base {}", args.base))?;
+    let first_added = image.layers.len();
     for l in &layers {
         let what = l.info_path.display().to_string();
         let digest = &l.info.digest;
@@ -150,6 +151,13 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
         image.push_layer(&l.info, BlobSource::Store, &created, &what)?;
     }
     edits.apply(&mut image.config)?;
+    crate::whiteouts::warn_whiteouts_under_symlinks(
+        ctx,
+        &store,
+        &image.layers,
+        first_added,
+        "image",
+    );
 
     let built = image.build(&created)?;
     built

@@ -167,6 +167,9 @@ pub fn build_layer(
         gantry_layer::write_layer(plan, ctx.jobs, writer, progress.as_ref(), &ctx.limits)
             .with_context(|| format!("cannot build {label}"))?;
     let written = started.elapsed();
+    for w in &out.warnings {
+        ctx.reporter.warn(&format!("{label}: {w}"));
+    }
     let (digest, size) = writer.commit(None)?;
     tracing::debug!(
         "{label}: written in {written:.2?}, committed (fsync) in {:.2?}",

@@ -51,6 +51,7 @@ mod step;
 mod target;
 pub mod transfer;
 mod util;
+mod whiteouts;
 
 pub use context::{Context, NoReporter, RegistryOptions, Reporter, SizeFlags, default_home};
 pub use target::Target;

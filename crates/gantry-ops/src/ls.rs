@@ -89,16 +89,19 @@ pub fn run(ctx: &Context, args: &LsArgs, each: &mut dyn FnMut(LsRow)) -> Result<
     Ok(())
 }
 
-/// The merged filesystem of an image, applying whiteouts layer by layer.
+/// The merged filesystem of an image, applying whiteouts layer by layer. Paths are compared
+/// as bytes: names that are not UTF-8 are distinct even when they look the same as text.
 #[derive(Default)]
 struct Merged {
-    files: BTreeMap<String, LsRow>,
+    files: BTreeMap<Vec<u8>, LsRow>,
 }
 
 impl Merged {
-    fn remove_tree(&mut self, path: &str, keep_self: bool) {
-        let prefix = format!("{path}/");
-        let doomed: Vec<String> = self
+    /// Removes everything under the `/`-rooted `path` and, unless `keep_self`, `path` itself.
+    fn remove_tree(&mut self, path: &[u8], keep_self: bool) {
+        let mut prefix = path.to_vec();
+        prefix.push(b'/');
+        let doomed: Vec<Vec<u8>> = self
             .files
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
@@ -116,21 +119,26 @@ impl Merged {
     fn apply(&mut self, layer: usize, rows: Vec<ListedEntry>) {
         let mut additions = Vec::new();
         for e in rows {
-            let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
-            if name.as_bytes() == OPAQUE_WHITEOUT {
+            let raw = &e.raw_path;
+            let cut = raw.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            let (dir, name) = (&raw[..cut], &raw[cut + 1..]);
+            if name == OPAQUE_WHITEOUT {
                 self.remove_tree(dir, true);
-            } else if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
-                self.remove_tree(&format!("{dir}/{}", String::from_utf8_lossy(hidden)), false);
+            } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+                let mut target = dir.to_vec();
+                target.push(b'/');
+                target.extend_from_slice(hidden);
+                self.remove_tree(&target, false);
             } else {
                 additions.push(e);
             }
         }
         for e in additions {
             if e.kind != "dir" {
-                self.remove_tree(&e.path, true);
+                self.remove_tree(&e.raw_path, true);
             }
             self.files.insert(
-                e.path.clone(),
+                e.raw_path.clone(),
                 LsRow {
                     layer: Some(layer),
                     entry: e,

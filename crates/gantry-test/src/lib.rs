@@ -227,6 +227,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("git", "git"),
     ("newuidmap", "uidmap"),
+    ("getfattr", "attr"),
+    ("setfattr", "attr"),
+    ("getcap", "libcap2-bin"),
+    ("setcap", "libcap2-bin"),
 ];
 
 /// The path of an external tool; panics (failing the test) with the package to install when

@@ -19,7 +19,9 @@
 //! Refused (with an [`Error`] naming the layer and the entry): names escaping the root (`..`),
 //! NUL bytes, an entry changing the type of the root, invalid whiteouts (`.wh.`, `.wh..`,
 //! `.wh...`, a whiteout with children), hard links to missing targets or directories,
-//! out-of-range device numbers, GNU sparse files, global PAX headers, over-long names,
+//! out-of-range device numbers, GNU sparse files, global PAX headers, `trusted.*` extended
+//! attributes (overlayfs acts on `trusted.overlay.*`), PAX headers that tar parsers would read
+//! differently (see `gantry_layer::pax`), over-long names,
 //! too many entries, too deep paths, and streams decompressing past [`UnpackOptions`]' caps
 //! (checked while streaming on the bytes the decompressor consumes, so memory and disk stay
 //! bounded). Duplicate paths are allowed: the last one wins, as with runc, umoci and GNU tar,
@@ -131,7 +133,7 @@ pub struct UnpackStats {
     /// Entries whose path an earlier entry of the same layer already had (the last one wins).
     pub duplicates: u64,
     /// Extended attributes that were not restored (unsupported, not permitted, or refused by
-    /// policy such as `trusted.overlay.*`).
+    /// policy such as `user.overlay.*`; `trusted.*` attributes are refused with an error).
     pub skipped_xattrs: u64,
 }
 

@@ -9,7 +9,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use gantry_layer::limits::Meter;
-use gantry_layer::tarread::{check_whiteout_name, normalize_member_name};
+use gantry_layer::pax::{PaxState, PaxTap, Record};
+use gantry_layer::tarread::{check_whiteout_name, entry_pax, header_mtime, normalize_member_name};
 use gantry_oci::{Algorithm, Compression, Digest};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
@@ -415,14 +416,22 @@ impl<'a> Layer<'a> {
             algorithm,
         )
         .map_err(|e| self.layer_err(format!("cannot start {compression} decompression: {e}")))?;
+        // The PAX tap keeps each entry's raw PAX header: the tar crate cannot read binary
+        // values (it splits records on newlines).
+        let pax = PaxState::new();
+        let plain = PaxTap::new(plain, pax.clone());
         let mut archive = tar::Archive::new(Tap::new(plain, shared.clone()));
         shared.watch.set(Some(0));
+        pax.expect_header_at(0);
         let mut end_of_last = 0u64;
         let entries = archive.entries().map_err(|e| self.stream_err(&shared, e))?;
         for next in entries {
             let mut entry = next.map_err(|e| self.stream_err(&shared, e))?;
+            let raw = entry.path_bytes().into_owned();
+            let records = entry_pax(&pax, &mut entry).map_err(|r| self.entry_err(&raw, r))?;
             end_of_last = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
             shared.watch.set(Some(end_of_last));
+            pax.expect_header_at(end_of_last);
             self.stats.entries += 1;
             if self.stats.entries > self.opts.max_entries {
                 return Err(Error::Limit {
@@ -433,7 +442,7 @@ impl<'a> Layer<'a> {
                     ),
                 });
             }
-            self.apply(&mut entry, &shared)?;
+            self.apply(&mut entry, &records, &shared)?;
         }
         let mut tap = archive.into_inner();
         if tap.position() < end_of_last + 512 {
@@ -476,7 +485,12 @@ impl<'a> Layer<'a> {
 
     // ---- entries ----
 
-    fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, shared: &Shared) -> Result<()> {
+    fn apply<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        pax: &[Record],
+        shared: &Shared,
+    ) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let ty = entry.header().entry_type();
         let kind = match ty {
@@ -553,8 +567,8 @@ impl<'a> Layer<'a> {
                 self.whiteout(&raw, parent, hidden)
             };
         }
-        let meta = self.meta(entry, &raw)?;
-        self.check_names_agree(entry, &raw)?;
+        let meta = self.meta(entry, pax, &raw)?;
+        self.check_names_agree(entry, pax, &raw)?;
         self.note_path(&raw, &path);
         match kind {
             Kind::File => self.file(entry, &raw, &path, &meta, shared),
@@ -598,25 +612,27 @@ impl<'a> Layer<'a> {
 
     /// Refuses an entry whose PAX `path`/`linkpath` differs from the name the tar crate chose
     /// (a GNU long name wins there, a PAX record in GNU tar): parsers would disagree on it.
-    fn check_names_agree<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
+    fn check_names_agree<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        pax: &[Record],
+        raw: &[u8],
+    ) -> Result<()> {
         let link = entry.link_name_bytes().map(|l| l.into_owned());
-        let Ok(Some(pax)) = entry.pax_extensions() else {
-            return Ok(());
-        };
-        for ext in pax.flatten() {
-            let chosen = match ext.key_bytes() {
+        for (key, value) in pax {
+            let chosen = match key.as_slice() {
                 b"path" => Some(raw),
                 b"linkpath" => link.as_deref(),
                 _ => continue,
             };
-            if chosen != Some(ext.value_bytes()) {
+            if chosen != Some(value.as_slice()) {
                 return Err(self.entry_err(
                     raw,
                     format!(
                         "the PAX {} {:?} and the GNU long name disagree (tar parsers differ on \
                          which wins)",
-                        String::from_utf8_lossy(ext.key_bytes()),
-                        lossy(ext.value_bytes())
+                        String::from_utf8_lossy(key),
+                        lossy(value)
                     ),
                 ));
             }
@@ -651,13 +667,24 @@ impl<'a> Layer<'a> {
         }
     }
 
-    fn meta<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> {
+    fn meta<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        pax: &[Record],
+        raw: &[u8],
+    ) -> Result<Meta> {
         let h = entry.header();
         let bad = |what: &str, e: io::Error| self.entry_err(raw, format!("invalid {what}: {e}"));
         let mode = h.mode().map_err(|e| bad("mode", e))? & 0o7777;
-        let uid = h.uid().map_err(|e| bad("uid", e))?;
-        let gid = h.gid().map_err(|e| bad("gid", e))?;
-        let mtime = h.mtime().map_err(|e| bad("mtime", e))?;
+        // From gantry's own PAX parse (the tar crate can miss a PAX uid after a binary value).
+        let id = |key| {
+            gantry_layer::pax::id(h, pax, key)
+                .map_err(|e| self.entry_err(raw, format!("invalid {key}: {e}")))
+        };
+        let (uid, gid) = (id("uid")?, id("gid")?);
+        // Not `h.mtime()`: it reads GNU base-256 times before 1970 as huge positive ones.
+        let mtime =
+            header_mtime(h).map_err(|e| self.entry_err(raw, format!("invalid mtime: {e}")))?;
         let (uid, gid) = if self.opts.preserve_ownership {
             let id = |v: u64, what: &str| {
                 u32::try_from(v)
@@ -674,32 +701,36 @@ impl<'a> Layer<'a> {
             uid,
             gid,
             mtime: Timespec {
-                tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+                tv_sec: mtime,
                 tv_nsec: 0,
             },
             xattrs: Vec::new(),
         };
-        let pax = entry
-            .pax_extensions()
-            .map_err(|e| self.entry_err(raw, format!("invalid PAX header: {e}")))?;
-        if let Some(pax) = pax {
-            for ext in pax {
-                let ext =
-                    ext.map_err(|e| self.entry_err(raw, format!("invalid PAX record: {e}")))?;
-                let key = ext.key_bytes();
+        // Read exactly (see gantry_layer::pax): values may hold any bytes.
+        {
+            for (key, value) in pax {
+                let key = key.as_slice();
                 if key == b"mtime" {
-                    meta.mtime = parse_pax_time(ext.value_bytes()).ok_or_else(|| {
-                        self.entry_err(
-                            raw,
-                            format!("invalid PAX mtime {:?}", lossy(ext.value_bytes())),
-                        )
+                    meta.mtime = parse_pax_time(value).ok_or_else(|| {
+                        self.entry_err(raw, format!("invalid PAX mtime {:?}", lossy(value)))
                     })?;
                 } else if let Some(name) = key.strip_prefix(XATTR_PAX_PREFIX) {
                     if name.is_empty() || name.contains(&0) {
                         return Err(self.entry_err(raw, "invalid xattr name in the PAX header"));
                     }
-                    meta.xattrs
-                        .push((name.to_vec(), ext.value_bytes().to_vec()));
+                    if name.starts_with(b"trusted.") {
+                        // The host's own data: overlayfs acts on trusted.overlay.* (opaque
+                        // directories, redirects), so an image must never set them.
+                        return Err(self.entry_err(
+                            raw,
+                            format!(
+                                "refusing the extended attribute {:?}: trusted.* attributes \
+                                 are host data (overlayfs acts on them), never image content",
+                                lossy(name)
+                            ),
+                        ));
+                    }
+                    meta.xattrs.push((name.to_vec(), value.clone()));
                 } else if key.starts_with(b"GNU.sparse.") {
                     return Err(self.entry_err(raw, "sparse files are not supported"));
                 } else if key.starts_with(b"LIBARCHIVE.xattr.") {
@@ -1073,13 +1104,13 @@ impl<'a> Layer<'a> {
         }
         for (name, value) in xattrs {
             let shown = lossy(name);
-            if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+            if name.starts_with(b"user.overlay.") {
                 // overlayfs would act on them (opaque dirs, redirects): never restored.
                 self.stats.skipped_xattrs += 1;
                 tracing::warn!(layer = self.label, entry = %lossy(raw), xattr = %shown, "overlayfs xattr not restored");
                 continue;
             }
-            let privileged = name.starts_with(b"security.") || name.starts_with(b"trusted.");
+            let privileged = name.starts_with(b"security.");
             if privileged && !self.as_root {
                 self.stats.skipped_xattrs += 1;
                 tracing::info!(layer = self.label, entry = %lossy(raw), xattr = %shown, "xattr needs root; not restored");

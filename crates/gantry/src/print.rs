@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use anyhow::Result;
+use gantry_layer::tarread::escape_name;
 use gantry_ops::build::BuildReport;
 use gantry_ops::image::ImageResult;
 use gantry_ops::inspect::{ImageReport, InspectReport, LayerReport};
@@ -238,10 +239,12 @@ impl LsPrinter {
                 .digest
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |d| d.short());
+            // Names are bytes: escaped as `tar -tv` does, so each entry is one line and
+            // distinct names look distinct.
             let link = e
-                .link
+                .raw_link
                 .as_ref()
-                .map(|l| format!(" -> {l}"))
+                .map(|l| format!(" -> {}", escape_name(l)))
                 .unwrap_or_default();
             writeln!(
                 self.out,
@@ -250,7 +253,7 @@ impl LsPrinter {
                 format!("{}/{}", e.uid, e.gid),
                 e.size,
                 digest,
-                e.path
+                escape_name(&e.raw_path)
             )
         };
         if let Err(err) = res {

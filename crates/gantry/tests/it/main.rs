@@ -6,6 +6,7 @@ mod bad_input;
 mod commands;
 mod examples;
 mod faithful_images;
+mod faithful_layers;
 mod golden;
 mod interop;
 mod layout_base;
