@@ -81,6 +81,15 @@ pub enum Error {
         /// The digest of the bytes we saw.
         actual: Digest,
     },
+    /// A path read as a file that is something else: a FIFO, a device, a socket, a directory
+    /// (see [`crate::open_regular`]).
+    #[error("{} is {kind}, not a regular file", path.display())]
+    NotRegularFile {
+        /// The path (as given; a symlink is followed).
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// A file larger than the cap for its kind.
     #[error("{} is larger than the limit of {limit} bytes", path.display())]
     TooLarge {

@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,10 @@ use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
 
 use crate::archive::ArchiveSource;
-use crate::fsutil::{exchange, fsync_dir, read_capped, rename_noreplace, write_new_file};
+use crate::fsutil::{
+    exchange, fsync_dir, open_regular, open_regular_if_exists, read_file_capped, rename_noreplace,
+    write_new_file,
+};
 use crate::{Error, Result, Store};
 
 /// How many indexes may be nested inside each other before resolution gives up.
@@ -132,22 +135,25 @@ struct DirSource {
 impl LayoutSource for DirSource {
     fn read_small(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         let path = self.dir.join(rel);
-        if !path.is_file() {
-            return Ok(None);
+        match open_regular_if_exists(&path)? {
+            Some(file) => read_file_capped(file, &path, limit).map(Some),
+            None if fs::symlink_metadata(&path).is_ok() => Err(Error::NotALayout {
+                path: self.dir.clone(),
+                reason: format!("its {rel} is a symlink to a missing file"),
+            }),
+            None => Ok(None),
         }
-        read_capped(&path, limit).map(Some)
     }
 
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>> {
         let path = self.dir.join(digest.blob_path());
-        match File::open(&path) {
-            Ok(file) => Ok(Box::new(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::LayoutBlobNotFound {
+        match open_regular_if_exists(&path)? {
+            Some(file) => Ok(Box::new(file)),
+            None => Err(Error::LayoutBlobNotFound {
                 what: self.describe(),
                 digest: digest.clone(),
                 looked_for: path.display().to_string(),
             }),
-            Err(e) => Err(Error::io("open", &path, e)),
         }
     }
 
@@ -558,7 +564,7 @@ impl LayoutWriter {
         if self.blobs.contains(&desc.digest) {
             return Ok(());
         }
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let file = open_regular(path)?;
         // Name the digest too: a size mismatch error names only this source.
         let source = format!("blob {} at {}", desc.digest, path.display());
         self.copy_blob(file, desc, &source)

@@ -40,6 +40,7 @@ pub use archive::{
 };
 pub use error::{Error, Result};
 pub use fsck::{Finding, FsckOptions, FsckReport, Problem};
+pub use fsutil::open_regular;
 pub use gc::{GcOptions, GcReport};
 pub use layout::{
     ImageWriter, Layout, LayoutSource, LayoutWriter, MAX_INDEX_DEPTH, Resolved, Selector,

@@ -6,12 +6,11 @@
 //! without a lock file is one whose creator died half-way, never one being created right now.
 
 use std::fs::{self, File, TryLockError};
-use std::io;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use crate::fsutil::remove_any;
+use crate::fsutil::{open_regular_if_exists, remove_any};
 use crate::{Error, Result};
 
 /// Prefix of session directory names.
@@ -137,10 +136,11 @@ fn is_live_session(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     let lock_path = path.join(SESSION_LOCK);
-    let lock = match File::open(&lock_path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io("open", &lock_path, e)),
+    // Opened without blocking: a FIFO planted as the lock marks a broken session, not a live one.
+    let lock = match open_regular_if_exists(&lock_path) {
+        Ok(Some(file)) => file,
+        Ok(None) | Err(Error::NotRegularFile { .. }) => return Ok(false),
+        Err(e) => return Err(e),
     };
     match lock.try_lock() {
         Ok(()) => Ok(false),

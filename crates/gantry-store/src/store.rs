@@ -20,7 +20,7 @@ use gantry_oci::{Algorithm, Digest, HashingReader, HashingWriter};
 use tempfile::TempPath;
 
 use crate::fsutil::{
-    ensure_private_dir, fsync_dir, link_unsupported, lock_exclusive, open_lock_file,
+    ensure_private_dir, fsync_dir, link_unsupported, lock_exclusive, open_lock_file, open_regular,
     rename_noreplace,
 };
 use crate::session::{Session, remove_leftovers};
@@ -164,7 +164,10 @@ impl Store {
     /// Opens a stored blob for reading.
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
         let path = self.blob_path(digest);
-        File::open(&path).map_err(|e| self.open_error(digest, path, e))
+        open_regular(&path).map_err(|e| match e {
+            Error::Io { source, .. } => self.open_error(digest, path, source),
+            e => e,
+        })
     }
 
     /// Reads a whole blob of at most `limit` bytes and checks that it hashes to its digest.
@@ -778,6 +781,38 @@ mod tests {
         fs::set_permissions(&root, Permissions::from_mode(0o777)).unwrap();
         let err = Store::open(&root).unwrap_err();
         assert!(matches!(err, Error::UnsafeRoot { .. }), "{err}");
+    }
+
+    /// A FIFO in place of a blob hung every reader of the store.
+    #[test]
+    fn regression_a_fifo_in_place_of_a_blob_hung_readers() {
+        use crate::test_support::{mkfifo, within};
+        let (dir, store) = open_store();
+        let digest = store.put_bytes(b"blob").unwrap();
+        let path = store.blob_path(&digest);
+        fs::remove_file(&path).unwrap();
+        mkfifo(&path);
+        let root = dir.path().to_owned();
+        let (open, verify, fsck) = within(20, move || {
+            let store = Store::open(&root).unwrap();
+            let fsck = store.fsck(&crate::FsckOptions::default()).unwrap();
+            (
+                store.open_blob(&digest).unwrap_err().to_string(),
+                store.verify_blob(&digest).unwrap_err().to_string(),
+                fsck.findings
+                    .iter()
+                    .map(|f| f.problem.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        for e in [open, verify] {
+            assert!(
+                e.contains(&path.display().to_string()) && e.contains("FIFO"),
+                "{e}"
+            );
+        }
+        assert_eq!(fsck, vec![format!("stray file {}", path.display())]);
+        drop(store);
     }
 
     fn assert_session_empty(store: &Store) {

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::{self, File, Permissions};
+use std::fs::{self, Permissions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -293,7 +293,7 @@ fn check_replaceable(path: &Path) -> Result<()> {
         return Ok(());
     }
     let mut head = [0u8; BLOCK as usize];
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let file = crate::fsutil::open_regular(path)?;
     let is_tar = meta.len() >= BLOCK
         && file.read_exact_at(&mut head, 0).is_ok()
         && head[257..262] == *b"ustar";
