@@ -97,7 +97,7 @@ impl fmt::Display for Problem {
                 missing,
             } => write!(
                 f,
-                "ref {kind}/{name} needs blob {missing}, which is missing"
+                "{kind} ref {name} needs blob {missing}, which is missing"
             ),
             Problem::UnreadableDocument {
                 kind,
@@ -106,7 +106,7 @@ impl fmt::Display for Problem {
                 reason,
             } => write!(
                 f,
-                "ref {kind}/{name} reaches {digest}, which cannot be read: {reason}"
+                "{kind} ref {name} reaches {digest}, which cannot be read: {reason}"
             ),
             Problem::CorruptRef { path, reason } => {
                 write!(f, "ref file {} is corrupt: {reason}", path.display())
@@ -140,6 +140,11 @@ impl FsckReport {
     /// Whether nothing was found.
     pub fn is_clean(&self) -> bool {
         self.findings.is_empty()
+    }
+
+    /// The problems found and not repaired: what still needs attention.
+    pub fn unrepaired(&self) -> usize {
+        self.findings.iter().filter(|f| !f.repaired).count()
     }
 
     fn found(&mut self, problem: Problem, repaired: bool) {

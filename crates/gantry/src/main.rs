@@ -175,7 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fsck(args) => {
             let r = gantry_ops::maintenance::fsck(&ctx, args.repair)?;
             print::fsck(&r)?;
-            if !r.is_clean() && !args.repair {
+            // With --repair, what was repaired is fine; anything left is not.
+            if r.unrepaired() > 0 {
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -380,8 +380,17 @@ pub(crate) fn fsck(r: &FsckReport) -> Result<()> {
         let fixed = if f.repaired { " (repaired)" } else { "" };
         writeln!(out, "{}{fixed}", f.problem)?;
     }
+    let left = r.unrepaired();
     if r.is_clean() {
         writeln!(out, "checked {} blobs: no problems", r.blobs_checked)?;
+    } else if left < r.findings.len() {
+        writeln!(
+            out,
+            "checked {} blobs: {} problem(s), {} repaired, {left} left",
+            r.blobs_checked,
+            r.findings.len(),
+            r.findings.len() - left
+        )?;
     } else {
         writeln!(
             out,

@@ -401,3 +401,30 @@ fn gc_waits_for_a_running_writer() {
     let listing = env.run(&["ls", "w.json"]);
     assert_mentions(&listing, &["/file"]);
 }
+
+/// `fsck --repair` exited 0 while it still printed a problem it cannot repair (a ref whose
+/// blob is gone), and named the ref with a doubled slash (`image//tmp/…`).
+#[test]
+fn regression_fsck_repair_exited_zero_with_problems_left() {
+    let env = crate::env();
+    env.run(&["layer", "--content", "/x=1", "--info", "l.json"]);
+    env.run(&["image", "--layer", "l.json", "-o", "out"]);
+    let layer = digest_of_info(&env, "l.json");
+    fs::remove_file(blob_path(&env, &layer)).unwrap();
+    let out = env.path("out").display().to_string();
+    for args in [&["fsck"][..], &["fsck", "--repair"]] {
+        let o = env.gantry().args(args).fails();
+        assert_mentions(
+            &o.stdout,
+            &[&format!("image ref {out} needs blob {layer}"), "missing"],
+        );
+        assert!(!o.stdout.contains("//"), "{}", o.stdout);
+    }
+    // Repairing everything that was found is a success.
+    env.run(&["layer", "--content", "/x=1", "--info", "l.json"]);
+    let b = blob_path(&env, &layer);
+    fs::set_permissions(&b, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = env.gantry().args(["fsck", "--repair"]).ok();
+    assert_mentions(&o.stdout, &["is writable (repaired)", "1 repaired, 0 left"]);
+    env.gantry().arg("fsck").ok();
+}
