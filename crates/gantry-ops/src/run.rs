@@ -66,12 +66,16 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
     if argv.is_empty() {
         bail!("{label}: the image has no entrypoint or cmd; give a command after `--`");
     }
-    let user_spec = args
-        .user
-        .clone()
-        .unwrap_or_else(|| step::image_user(&config));
-    let mut user =
-        step::resolve_user(&lower, &user_spec).with_context(|| format!("--user {user_spec:?}"))?;
+    // Errors name where the user came from: the flag, or the image's config.
+    let (user_spec, user_source) = match &args.user {
+        Some(u) => (u.clone(), format!("--user {u:?}")),
+        None => {
+            let u = step::image_user(&config);
+            let source = format!("{label}: the image config's User {u:?}");
+            (u, source)
+        }
+    };
+    let mut user = step::resolve_user(&lower, &user_spec).context(user_source)?;
     let rootless = step::rootless_maps()?;
     if rootless.is_some() {
         user.additional_gids.clear();

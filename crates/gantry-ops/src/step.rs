@@ -417,7 +417,11 @@ pub(crate) fn run_step(
         .context("cannot create the step's scratch directory")?;
     let prepared = gantry_runtime::prepare_rootfs(&lower, scratch.path())
         .with_context(|| format!("{label}: cannot prepare the root filesystem"))?;
-    let mut user = resolve_user(&lower, &job.user()).with_context(|| format!("{label}: user"))?;
+    let user_source = match &s.user {
+        Some(u) => format!("{label}: user {u:?}"),
+        None => format!("{label}: the base image config's User {:?}", job.user()),
+    };
+    let mut user = resolve_user(&lower, &job.user()).context(user_source)?;
     let rootless = rootless_maps()?;
     if rootless.is_some() {
         // runc refuses supplementary groups in a user namespace it does not own.
