@@ -657,25 +657,50 @@ impl LayoutWriter {
     }
 
     /// Moves the finished temp directory to the destination (see [`LayoutWriter::commit`]).
+    ///
+    /// Other writers of the same output may create, replace or remove it at any moment, so
+    /// nothing is decided from a look beforehand: the move is tried without replacing, and a
+    /// destination that exists then (`EEXIST`, also when it appeared a moment ago) is swapped
+    /// with atomically, as an earlier output is. One that vanishes before the swap is moved to
+    /// again.
     fn move_into_place(self) -> Result<()> {
         let LayoutWriter {
             final_dir, temp, ..
         } = self;
-        match fs::symlink_metadata(&final_dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                rename_noreplace(temp.path(), &final_dir)
-                    .map_err(|e| Error::io("move the new layout to", &final_dir, e))?;
-                let _ = temp.keep();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match rename_noreplace(temp.path(), &final_dir) {
+                Ok(()) => {
+                    let _ = temp.keep();
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("move the new layout to", &final_dir, e)),
             }
-            Err(e) => return Err(Error::io("stat", &final_dir, e)),
-            Ok(meta) if meta.is_dir() && may_replace(&final_dir)? => {
-                swap(temp.path(), &final_dir)?;
-                // The temp path now holds the old layout.
-                let old = temp.keep();
-                fs::remove_dir_all(&old)
-                    .map_err(|e| Error::io("remove the replaced layout at", &old, e))?;
+            let meta = match fs::symlink_metadata(&final_dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 10 => continue,
+                Err(e) => return Err(Error::io("stat", &final_dir, e)),
+                Ok(meta) => meta,
+            };
+            if !(meta.is_dir() && may_replace(&final_dir)?) {
+                return Err(Error::RefuseToReplace { path: final_dir });
             }
-            Ok(_) => return Err(Error::RefuseToReplace { path: final_dir }),
+            match swap(temp.path(), &final_dir) {
+                Ok(()) => {
+                    // The temp path now holds the old layout.
+                    let old = temp.keep();
+                    fs::remove_dir_all(&old)
+                        .map_err(|e| Error::io("remove the replaced layout at", &old, e))?;
+                    break;
+                }
+                Err(Error::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempts < 10 =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         }
         match final_dir.parent() {
             Some(parent) => fsync_dir(parent),

@@ -586,3 +586,34 @@ fn regression_special_files_in_a_layout_hung_or_were_misreported() {
         assert!(!err.contains("has no"), "{err}");
     }
 }
+
+/// Concurrent first writes of one output failed now and then with "cannot move the new layout
+/// to …: File exists": the output appeared between the writer's look and its rename.
+#[test]
+fn regression_concurrent_first_writes_failed_with_file_exists() {
+    const WRITERS: usize = 8;
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let barrier = std::sync::Barrier::new(WRITERS);
+        std::thread::scope(|s| {
+            for i in 0..WRITERS {
+                let (out, barrier) = (&out, &barrier);
+                s.spawn(move || {
+                    let mut w = LayoutWriter::new(out).unwrap();
+                    let m = add_image(&mut w, &[format!("layer {i}").as_bytes()]);
+                    w.add_manifest(tagged(m, "latest"));
+                    barrier.wait();
+                    w.commit()
+                        .unwrap_or_else(|e| panic!("round {round}, writer {i}: {e}"));
+                });
+            }
+        });
+        // One of the writers won; the layout is whole and nothing is left beside it.
+        let layout = Layout::open(&out).unwrap();
+        layout
+            .resolve(&Selector::Tag("latest".into()), &Platform::host())
+            .unwrap();
+        assert_eq!(names_in(dir.path()), vec!["out".to_owned()]);
+    }
+}
