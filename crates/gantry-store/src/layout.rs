@@ -29,9 +29,9 @@ use gantry_oci::{
     parse_document, parse_index,
 };
 use serde::{Deserialize, Serialize};
-use tempfile::TempDir;
 
 use crate::archive::ArchiveSource;
+use crate::beside::OutputTemp;
 use crate::fsutil::{
     exchange, fsync_dir, open_regular, open_regular_if_exists, read_file_capped, rename_noreplace,
     write_new_file,
@@ -493,35 +493,20 @@ pub trait ImageWriter {
 #[derive(Debug)]
 pub struct LayoutWriter {
     final_dir: PathBuf,
-    temp: TempDir,
+    temp: OutputTemp,
     blobs: HashSet<Digest>,
     manifests: Vec<Descriptor>,
 }
 
 impl LayoutWriter {
     /// Starts a layout that [`LayoutWriter::commit`] will put at `final_dir`. The temp
-    /// directory is `.{basename}.gantry-tmp-<random>` in the same parent, so the final move is
-    /// a rename on one filesystem.
+    /// directory is an [`OutputTemp`] (`.{basename}.gantry-tmp-<owner>-<random>` in the same
+    /// parent, locked while it lives), so the final move is a rename on one filesystem and a
+    /// temp left by a killed writer is recognised and removed later.
     pub fn new(final_dir: &Path) -> Result<LayoutWriter> {
         let final_dir =
             std::path::absolute(final_dir).map_err(|e| Error::io("resolve", final_dir, e))?;
-        let invalid = |reason| Error::InvalidOutputPath {
-            path: final_dir.clone(),
-            reason,
-        };
-        let name = final_dir
-            .file_name()
-            .ok_or_else(|| invalid("it does not end in a directory name"))?;
-        let parent = final_dir
-            .parent()
-            .ok_or_else(|| invalid("it has no parent directory"))?;
-        let mut prefix = std::ffi::OsString::from(".");
-        prefix.push(name);
-        prefix.push(".gantry-tmp-");
-        let temp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .tempdir_in(parent)
-            .map_err(|e| Error::io("create a temp directory in", parent, e))?;
+        let temp = OutputTemp::dir(&final_dir, 0o700)?;
         fs::set_permissions(temp.path(), Permissions::from_mode(0o755))
             .map_err(|e| Error::io("chmod", temp.path(), e))?;
         let version_path = temp.path().join(OCI_LAYOUT_FILE);

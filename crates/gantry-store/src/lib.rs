@@ -5,6 +5,9 @@
 //!   into place without replacing, and the directory is fsynced ([`BlobWriter`]).
 //! - Sessions: every open [`Store`] owns a locked `tmp/s-*` directory for its temp files; the
 //!   leftovers of dead processes are removed by the next [`Store::open`].
+//! - Outputs ([`OutputTemp`]): every output (layout, archive, blob or JSON file) is written to a
+//!   temp beside it, named after and locked by its owner, and moved into place at the end; the
+//!   temps of dead processes are removed by the next write there, by gc and by `gantry clean`.
 //! - Refs ([`RefEntry`]): named GC roots, optionally tied to a path that must keep existing.
 //! - [`Store::gc`] and [`Store::fsck`]: collection of unreachable blobs and integrity checks.
 //! - [`Layout`] and [`LayoutWriter`]: reading (with verification and platform resolution) and
@@ -23,6 +26,7 @@
 //! The library never prints; it logs at debug level through `tracing`.
 
 mod archive;
+mod beside;
 mod error;
 mod fsck;
 mod fsutil;
@@ -38,6 +42,7 @@ pub use archive::{
     DockerArchive, DockerArchiveWriter, DockerImage, DockerLayer, DockerManifestEntry,
     OciArchiveWriter,
 };
+pub use beside::{OutputTemp, dead_temps, remove_dead_temps, write_file_atomic};
 pub use error::{Error, Result};
 pub use fsck::{Finding, FsckOptions, FsckReport, Problem};
 pub use fsutil::open_regular;

@@ -238,6 +238,19 @@ impl Store {
         }
     }
 
+    /// Puts a blob at `dest`, replacing what is there atomically: a hard link when possible,
+    /// otherwise a verified copy (see [`Store::link_or_copy_out`]), made as an
+    /// [`crate::OutputTemp`] beside `dest` and renamed over it.
+    pub fn export_blob(&self, digest: &Digest, dest: &Path) -> Result<LinkKind> {
+        let mut kind = LinkKind::Hardlink;
+        let temp = crate::OutputTemp::fill(dest, |tmp| {
+            kind = self.link_or_copy_out(digest, tmp)?;
+            Ok::<(), Error>(())
+        })?;
+        temp.persist(dest)?;
+        Ok(kind)
+    }
+
     /// Copies a blob to `dest` (which must not exist), verifying it on the way.
     fn copy_out(&self, digest: &Digest, dest: &Path) -> Result<()> {
         let mut input = HashingReader::new(self.open_blob(digest)?, digest.algorithm());

@@ -415,8 +415,20 @@ pub(crate) fn gc(g: &GcResult, dry_run: bool) -> Result<()> {
     if g.rootfs_entries_dropped > 0 {
         println!("{verb} {} unused unpacked images", g.rootfs_entries_dropped);
     }
+    for p in &r.removed_output_temps {
+        println!("{verb} the leftover temp {}", p.display());
+    }
+    // Bytes freed only: a removed blob that is still hard-linked outside the store frees nothing.
+    let linked = if r.still_linked_bytes > 0 {
+        format!(
+            "; {} still hard-linked outside the store",
+            human_bytes(r.still_linked_bytes)
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "{verb} {} blobs ({}), kept {} ({}); {} stale refs dropped, {} temp entries removed",
+        "{verb} {} blobs ({} freed{linked}), kept {} ({}); {} stale refs dropped, {} temp entries removed",
         r.removed_blobs,
         human_bytes(r.removed_bytes),
         r.kept_blobs,

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod commands;
+mod crash;
 mod examples;
 mod golden;
 mod interop;

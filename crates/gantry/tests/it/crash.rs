@@ -1,0 +1,292 @@
+//! Crashes and concurrency around outputs, sessions and locks: `kill -9` of a real gantry in the
+//! middle of an output write, of a step, and while gc waits (issue 11). After each case the
+//! store is consistent (`gantry fsck` is clean) and what the dead process left is removed.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use gantry_test::{CmdExt, TestEnv, assert_mentions};
+
+/// Writes `mib` MiB from /dev/urandom (incompressible) to `rel`.
+fn random_file(env: &TestEnv, rel: &str, mib: u64) {
+    let path = env.path(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut out = fs::File::create(&path).unwrap();
+    let n = io::copy(
+        &mut fs::File::open("/dev/urandom").unwrap().take(mib << 20),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(n, mib << 20);
+}
+
+/// Polls `cond` every 2 ms until it gives a value; panics after `limit`, or if `child` exits
+/// first (it was meant to be caught in the act).
+fn wait_for<T>(child: &mut Child, limit: Duration, what: &str, cond: impl Fn() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the process exited ({status}) before {what}");
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The entries of `dir` whose names mark them as gantry temps.
+fn temps_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains(".gantry-tmp-")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The regular files at or under `path` (symlinks not followed), with their metadata; entries
+/// that vanish meanwhile are skipped.
+fn files_under(path: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Vec::new();
+    };
+    if meta.is_file() {
+        return vec![(path.to_owned(), meta)];
+    }
+    if !meta.is_dir() {
+        return Vec::new();
+    }
+    let Ok(entries) = fs::read_dir(path) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .flat_map(|e| files_under(&e.path()))
+        .collect()
+}
+
+/// The total size of the regular files at or under `path`.
+fn bytes_under(path: &Path) -> u64 {
+    files_under(path).iter().map(|(_, m)| m.len()).sum()
+}
+
+/// Spawns `gantry <args>` and SIGKILLs it once `ready` finds what it waits for (a temp of at
+/// least some size). Returns what `ready` found.
+fn kill_when<T>(env: &TestEnv, args: &[&str], what: &str, ready: impl Fn() -> Option<T>) -> T {
+    let mut child = env
+        .gantry()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let found = wait_for(&mut child, Duration::from_secs(120), what, ready);
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status}");
+    found
+}
+
+fn digest_hex(env: &TestEnv, info: &str) -> String {
+    let v = gantry_test::json(&fs::read_to_string(env.path(info)).unwrap());
+    v["digest"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("sha256:")
+        .unwrap()
+        .to_owned()
+}
+
+fn fsck_clean(env: &TestEnv) {
+    let fsck = env.gantry().arg("fsck").ok();
+    assert_mentions(&fsck.stdout, &["no problems"]);
+}
+
+/// Builds, with a second store, a layout `src` whose two 48 MiB layers are `big1` and `big2`
+/// (uncompressed); the first store gets only the first layer. Copying `src` with the first
+/// store then links layer 1 from the store and copies layer 2 from the layout, which takes
+/// long enough to be killed in the middle. Returns the second environment.
+fn source_layout(env: &TestEnv) -> TestEnv {
+    random_file(env, "big1/f", 48);
+    random_file(env, "big2/f", 48);
+    let other = crate::env();
+    let in_env = |args: &[&str]| {
+        other.gantry().current_dir(env.root()).args(args).ok();
+    };
+    for n in ["1", "2"] {
+        in_env(&[
+            "layer",
+            "--dir",
+            &format!("/d{n}=big{n}"),
+            "--compression",
+            "none",
+            "--info",
+            &format!("b{n}.json"),
+        ]);
+    }
+    in_env(&[
+        "image", "--layer", "b1.json", "--layer", "b2.json", "-o", "src",
+    ]);
+    env.run(&[
+        "layer",
+        "--dir",
+        "/d1=big1",
+        "--compression",
+        "none",
+        "--info",
+        "l1.json",
+    ]);
+    assert_eq!(digest_hex(env, "l1.json"), digest_hex(env, "b1.json"));
+    other
+}
+
+/// `kill -9` during a layout or archive write left `.NAME.gantry-tmp-XXXX` beside the output
+/// (a 48 MiB archive, a layout of hard-linked blobs) that nothing ever removed: not a later
+/// write, `gantry clean` or `gantry gc`; and gc then reported freed space that the leftover's
+/// hard links still held.
+#[test]
+fn regression_temps_of_killed_writers_were_never_removed() {
+    let env = crate::env();
+    let _other = source_layout(&env);
+    let l1 = digest_hex(&env, "l1.json");
+    let l1_blob = env.home().join("blobs/sha256").join(&l1);
+    let l1_ino = fs::metadata(&l1_blob).unwrap().ino();
+    let l1_size = fs::metadata(&l1_blob).unwrap().len();
+    fs::create_dir(env.path("archives")).unwrap();
+    fs::create_dir(env.path("layouts")).unwrap();
+    // An output whose ref tells gc about the `layouts` directory.
+    env.run(&["layer", "--content", "/y=2", "--info", "layouts/small.json"]);
+
+    // An archive write, killed once its temp holds a few MiB.
+    let archives = env.path("archives");
+    let archive_temp = kill_when(
+        &env,
+        &["copy", "oci:src:latest", "oci-archive:archives/big.tar"],
+        "the archive's temp grew past 4 MiB",
+        || {
+            temps_in(&archives)
+                .into_iter()
+                .find(|t| fs::metadata(t).is_ok_and(|m| m.len() > 4 << 20))
+        },
+    );
+    assert!(archive_temp.exists(), "the killed writer left its temp");
+
+    // A layout write, killed while it copies layer 2, after it linked layer 1 from the store.
+    let layouts = env.path("layouts");
+    let layout_temp = kill_when(
+        &env,
+        &["copy", "oci:src:latest", "oci:layouts/dst"],
+        "the layout's temp linked layer 1 and copied part of layer 2",
+        || {
+            let t = temps_in(&layouts).into_iter().next()?;
+            let linked = t.join("blobs/sha256").join(&l1);
+            (bytes_under(&t) > l1_size + (4 << 20) && linked.exists()).then_some(t)
+        },
+    );
+    let linked = layout_temp.join("blobs/sha256").join(&l1);
+    assert_eq!(fs::metadata(&linked).unwrap().ino(), l1_ino);
+    fsck_clean(&env);
+
+    // Writes into other directories leave both alone: their owner might be alive, for all they
+    // know about other directories.
+    env.run(&["layer", "--content", "/x=1", "--info", "elsewhere.json"]);
+    assert!(archive_temp.exists() && layout_temp.exists());
+
+    // The next write into the archive's directory removes its leftover.
+    env.run(&["copy", "oci:src:latest", "oci-archive:archives/big.tar"]);
+    assert_eq!(temps_in(&archives), Vec::<PathBuf>::new());
+    let listing = gantry_test::tool("tar")
+        .args(["-tf", "archives/big.tar"])
+        .current_dir(env.root())
+        .ok()
+        .stdout;
+    assert_mentions(&listing, &["index.json", &l1]);
+
+    // gc removes the layout's leftover: a ref's output is in that directory. Layer 1 loses its
+    // last ref, so it goes, and the space it reports freed really is free.
+    fs::remove_file(env.path("l1.json")).unwrap();
+    let dry = env.run(&["gc", "--dry-run"]);
+    assert_mentions(
+        &dry,
+        &[&format!(
+            "would remove the leftover temp {}",
+            layout_temp.display()
+        )],
+    );
+    assert!(layout_temp.exists());
+    let out = env.run(&["gc"]);
+    assert_mentions(
+        &out,
+        &[&format!(
+            "removed the leftover temp {}",
+            layout_temp.display()
+        )],
+    );
+    assert!(!layout_temp.exists());
+    assert!(!l1_blob.exists());
+    assert!(
+        !out.contains("still hard-linked"),
+        "every removed blob was freed: {out}"
+    );
+    let holders: Vec<PathBuf> = files_under(env.root())
+        .into_iter()
+        .filter(|(_, m)| m.ino() == l1_ino)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        holders.is_empty(),
+        "gc reported layer 1 freed, but {holders:?} still hold it"
+    );
+    fsck_clean(&env);
+}
+
+/// The same for a project: a build killed while it writes an output layout leaves a temp in
+/// the output directory, which `gantry clean` removes (with the output directory, then empty).
+#[test]
+fn regression_clean_left_the_temps_of_killed_builds() {
+    let env = crate::env();
+    let _other = source_layout(&env);
+    env.write(
+        "gantry.toml",
+        r#"
+[layer.extra]
+content = { "/app" = "x" }
+
+[image.app]
+base = "oci:src:latest"
+layers = ["extra"]
+"#,
+    );
+    let out_dir = env.path("gantry-out");
+    let temp = kill_when(
+        &env,
+        &["build"],
+        "the output layout's temp holds part of a base layer",
+        || {
+            let t = temps_in(&out_dir).into_iter().next()?;
+            (bytes_under(&t) > 4 << 20).then_some(t)
+        },
+    );
+    assert!(temp.exists());
+    assert!(!env.path("gantry-out/app").exists());
+    let o = env.gantry().arg("clean").ok();
+    assert_mentions(&o.stderr, &[&format!("removed {}", temp.display())]);
+    assert!(!temp.exists());
+    assert!(!out_dir.exists(), "the empty output directory goes too");
+    fsck_clean(&env);
+}
