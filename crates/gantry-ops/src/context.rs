@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use gantry_store::Store;
+use gantry_store::{Store, StoreOptions, Wait};
 
 /// How commands report progress and warnings. The binary implements it with progress bars.
 pub trait Reporter: Send + Sync {
@@ -108,9 +108,18 @@ impl Context {
         })
     }
 
-    /// Opens the store.
+    /// Opens the store (saying so if it has to wait for a gc).
     pub fn store(&self) -> Result<Store> {
-        Store::open(&self.home)
+        let on_wait = |wait: Wait| {
+            if wait == Wait::ForGc {
+                self.reporter
+                    .event("waiting for gantry gc, which has the store to itself…");
+            }
+        };
+        let options = StoreOptions {
+            on_wait: Some(&on_wait),
+        };
+        Store::open_with(&self.home, &options)
             .with_context(|| format!("cannot open the store at {}", self.home.display()))
     }
 

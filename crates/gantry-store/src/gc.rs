@@ -1,9 +1,10 @@
 //! Garbage collection: removing blobs that no ref (or extra root) reaches.
 
 use std::collections::{BTreeSet, HashSet};
-use std::fs;
+use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gantry_oci::json::MAX_MANIFEST_SIZE;
 use gantry_oci::{Descriptor, Digest, Document, media_types as mt, parse_document};
@@ -11,7 +12,7 @@ use gantry_oci::{Descriptor, Digest, Document, media_types as mt, parse_document
 use crate::beside::{dead_temps, remove_dead_temps};
 use crate::fsutil::{fsync_dir, is_real_dir, list_dir};
 use crate::session::remove_leftovers;
-use crate::{Error, RefEntry, Result, Store};
+use crate::{Error, RefEntry, Result, Store, Wait};
 
 /// What [`Store::gc`] should do.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +21,40 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Roots to keep besides the refs (for example, images a running command still uses).
     pub extra_roots: Vec<Descriptor>,
+}
+
+/// How long a gc lets new processes open the store while it waits for the ones already open,
+/// before it takes its turn and makes new ones wait behind it.
+pub const GC_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The store locked for collection ([`Store::lock_for_gc`]): no other process has it open, and
+/// none can open it, until this is dropped (which trades the lock back for a shared one).
+/// Read the roots that live outside the store (caches) now, then [`GcLock::collect`].
+#[derive(Debug)]
+pub struct GcLock<'s> {
+    store: &'s mut Store,
+    _intent: Option<File>,
+}
+
+impl GcLock<'_> {
+    /// The store.
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Removes every blob not reachable from a ref or from `options.extra_roots` (see
+    /// [`Store::gc`]), and releases the lock.
+    pub fn collect(self, options: &GcOptions) -> Result<GcReport> {
+        self.store.collect(options)
+    }
+}
+
+impl Drop for GcLock<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.lock_gc_shared() {
+            tracing::warn!("cannot take the store's shared lock again: {e}");
+        }
+    }
 }
 
 /// What [`Store::gc`] did (or, with `dry_run`, would do).
@@ -66,12 +101,34 @@ impl Store {
     /// stops the collection before anything is removed (the roots or children cannot be known);
     /// `fsck` reports both.
     pub fn gc(&mut self, options: &GcOptions) -> Result<GcReport> {
-        self.lock_gc_exclusive()?;
-        let result = self.collect(options);
-        let relocked = self.lock_gc_shared();
-        let report = result?;
-        relocked?;
-        Ok(report)
+        self.lock_for_gc(GC_PATIENCE, &mut |_| {})?.collect(options)
+    }
+
+    /// Locks the store for collection: trades this store's shared `gc.lock` for an exclusive
+    /// one, so it waits until every other open [`Store`] (in any process) is dropped, and
+    /// stores opened meanwhile wait for it. For `patience` it lets new processes in while it
+    /// waits; then it takes its turn (`locks/gc-intent.lock`), so that a steady stream of new
+    /// processes cannot starve it. `on_wait` hears whenever the number of processes it waits
+    /// for changes. Everything a collection decides from (refs, and roots outside the store
+    /// such as cache entries) must be read under this lock, or a process that finishes
+    /// meanwhile could root a blob the collection then removes.
+    pub fn lock_for_gc(
+        &mut self,
+        patience: Duration,
+        on_wait: &mut dyn FnMut(Wait),
+    ) -> Result<GcLock<'_>> {
+        let intent = match self.lock_gc_exclusive(patience, on_wait) {
+            Ok(intent) => intent,
+            Err(e) => {
+                // Whatever happened, hold the shared lock again, as an open store must.
+                let _ = self.lock_gc_shared();
+                return Err(e);
+            }
+        };
+        Ok(GcLock {
+            store: self,
+            _intent: intent,
+        })
     }
 
     /// The collection proper. Call with `gc.lock` held exclusively.
@@ -428,6 +485,44 @@ mod tests {
         assert_eq!(report.still_linked_bytes, 300);
         assert!(user_link.exists(), "a user's link is not gc's to remove");
         assert!(kept.all().iter().all(|d| store.has(d)));
+    }
+
+    #[test]
+    fn a_process_that_has_the_store_open_does_not_queue_behind_a_gc() {
+        let (dir, mut store) = open_store();
+        let root = dir.path().to_owned();
+        let open_here = Store::open(&root).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&waits);
+        let gc_thread = std::thread::spawn(move || {
+            // No patience: it takes its turn at once.
+            let lock = store
+                .lock_for_gc(Duration::ZERO, &mut |w| seen.lock().unwrap().push(w))
+                .unwrap();
+            let report = lock.collect(&GcOptions::default()).is_ok();
+            tx.send(report).unwrap();
+            store
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            waits.lock().unwrap().as_slice(),
+            [Wait::ForOthers {
+                others: 1,
+                queued: true
+            }]
+        );
+        // This process has the store open (gc waits for it): opening it again must not queue
+        // behind gc, or nothing could ever finish.
+        let nested = crate::test_support::within(20, {
+            let root = root.clone();
+            move || Store::open(&root).map(drop).is_ok()
+        });
+        assert!(nested);
+        assert!(rx.try_recv().is_err(), "gc still waits for the open store");
+        drop(open_here);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(true));
+        let _store = gc_thread.join().unwrap();
     }
 
     #[test]

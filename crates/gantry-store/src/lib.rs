@@ -18,7 +18,10 @@
 //!   [`ImageWriter`] is what every output writer offers.
 //!
 //! Locking: every open store holds `locks/gc.lock` shared for its lifetime and GC takes it
-//! exclusively, so GC never runs while another process may rely on a blob it has not yet rooted.
+//! exclusively, so GC never runs while another process may rely on a blob it has not yet rooted;
+//! GC reads its roots only once it holds it. A GC that has waited [`GC_PATIENCE`] takes
+//! `locks/gc-intent.lock` exclusively, which every open passes through, so new processes queue
+//! behind it instead of starving it.
 //! `locks/refs.lock` serialises ref updates and `locks/tmp.lock` serialises session creation
 //! with the cleanup of dead sessions. All locks are `flock`s via std's `File::lock`, released by
 //! the kernel when a process dies.
@@ -46,9 +49,9 @@ pub use beside::{OutputTemp, dead_temps, remove_dead_temps, write_file_atomic};
 pub use error::{Error, Result};
 pub use fsck::{Finding, FsckOptions, FsckReport, Problem};
 pub use fsutil::open_regular;
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GC_PATIENCE, GcLock, GcOptions, GcReport};
 pub use layout::{
     ImageWriter, Layout, LayoutSource, LayoutWriter, MAX_INDEX_DEPTH, Resolved, Selector,
 };
 pub use refs::RefEntry;
-pub use store::{BlobWriter, LinkKind, Store};
+pub use store::{BlobWriter, LinkKind, Store, StoreOptions, Wait};

@@ -125,6 +125,18 @@ fn unescape_mount_path(p: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The session directories in `tmp` whose lock is held by a live store (for reports: the
+/// answer may change at once).
+pub(crate) fn live_sessions(tmp: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_live_session(p).unwrap_or(false))
+        .collect()
+}
+
 /// Whether `path` is a session directory whose lock is held by a live store.
 fn is_live_session(path: &Path) -> Result<bool> {
     let is_session_name = path

@@ -11,10 +11,12 @@
 //!
 //! Other top-level directories (later versioned buckets such as `cache-v1/`) are left alone.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions, Permissions, TryLockError};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use gantry_oci::{Algorithm, Digest, HashingReader, HashingWriter};
 use tempfile::TempPath;
@@ -31,6 +33,9 @@ const TMP_DIR: &str = "tmp";
 const REFS_DIR: &str = "refs-v1";
 const LOCKS_DIR: &str = "locks";
 const GC_LOCK: &str = "gc.lock";
+/// Taken exclusively by a gc that has waited long enough for its turn; every open passes
+/// through it (shared, briefly), so new stores queue behind that gc instead of starving it.
+const GC_INTENT_LOCK: &str = "gc-intent.lock";
 const REFS_LOCK: &str = "refs.lock";
 const TMP_LOCK: &str = "tmp.lock";
 
@@ -48,6 +53,61 @@ pub struct Store {
     root: PathBuf,
     session: Session,
     gc_lock: File,
+    /// The root's (device, inode), the key of [`OPEN_STORES`].
+    identity: (u64, u64),
+}
+
+/// Something a store waits for, reported so that the user knows why nothing happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wait {
+    /// [`Store::open`] waits for a gc that runs or is queued for its turn.
+    ForGc,
+    /// A gc waits for the other processes that have the store open (about `others` of them)
+    /// to finish. `queued`: new processes now wait behind the gc rather than start.
+    ForOthers {
+        /// How many other open stores (one per gantry process, usually) there are.
+        others: usize,
+        /// Whether the gc has taken its turn, so that new processes queue behind it.
+        queued: bool,
+    },
+}
+
+/// How many stores this process has open, by root (device, inode). A process that already has
+/// the store open does not queue behind a waiting gc when it opens it again: that gc waits for
+/// the store it already has, so queueing would deadlock.
+static OPEN_STORES: std::sync::Mutex<BTreeMap<(u64, u64), usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn open_stores() -> std::sync::MutexGuard<'static, BTreeMap<(u64, u64), usize>> {
+    OPEN_STORES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let mut open = open_stores();
+        if let Some(n) = open.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.identity);
+            }
+        }
+    }
+}
+
+/// Options of [`Store::open_with`].
+#[derive(Default)]
+pub struct StoreOptions<'a> {
+    /// Hears when opening has to wait (for a gc).
+    pub on_wait: Option<&'a dyn Fn(Wait)>,
+}
+
+impl std::fmt::Debug for StoreOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions").finish_non_exhaustive()
+    }
 }
 
 /// How [`Store::link_or_copy_out`] placed a blob.
@@ -66,9 +126,14 @@ impl Store {
     /// An existing root must be a directory owned by the current user and not writable by
     /// group or others. Blocks while another process runs [`Store::gc`].
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with options: `on_wait` hears when opening waits for a gc.
+    pub fn open_with(root: &Path, options: &StoreOptions<'_>) -> Result<Store> {
         let root = std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
         create_root(&root)?;
-        check_root_is_private(&root)?;
+        let identity = check_root_is_private(&root)?;
         for dir in [BLOBS_DIR, TMP_DIR, REFS_DIR, LOCKS_DIR] {
             ensure_private_dir(&root.join(dir))?;
         }
@@ -76,9 +141,31 @@ impl Store {
 
         let gc_lock_path = root.join(LOCKS_DIR).join(GC_LOCK);
         let gc_lock = open_lock_file(&gc_lock_path)?;
-        gc_lock
-            .lock_shared()
-            .map_err(|e| Error::io("lock", &gc_lock_path, e))?;
+        // Pass through the gc-intent lock (unless this process has the store open already),
+        // then take gc.lock shared: a gc that took its turn goes first.
+        let mut open = open_stores();
+        let nested = open.get(&identity).is_some_and(|&n| n > 0);
+        *open.entry(identity).or_insert(0) += 1;
+        drop(open);
+        let registered = Registered(identity);
+        let intent = if nested {
+            None
+        } else {
+            let path = root.join(LOCKS_DIR).join(GC_INTENT_LOCK);
+            let intent = open_lock_file(&path)?;
+            lock_shared_reporting(&intent, &path, || {
+                if let Some(f) = options.on_wait {
+                    f(Wait::ForGc);
+                }
+            })?;
+            Some(intent)
+        };
+        lock_shared_reporting(&gc_lock, &gc_lock_path, || {
+            if let Some(f) = options.on_wait {
+                f(Wait::ForGc);
+            }
+        })?;
+        drop(intent);
 
         // Sessions are created, and dead ones recognised, only under tmp.lock (see session.rs).
         let tmp = root.join(TMP_DIR);
@@ -86,10 +173,12 @@ impl Store {
         let session = Session::create(&tmp)?;
         let removed = remove_leftovers(&tmp, session.path())?;
         tracing::debug!(root = %root.display(), removed, "opened store");
+        std::mem::forget(registered);
         Ok(Store {
             root,
             session,
             gc_lock,
+            identity,
         })
     }
 
@@ -316,13 +405,56 @@ impl Store {
     }
 
     /// Trades this store's shared `gc.lock` for an exclusive one, waiting until every other
-    /// open store is dropped.
-    pub(crate) fn lock_gc_exclusive(&self) -> Result<()> {
+    /// open store is dropped. For `patience` it only tries now and then, letting new
+    /// processes in; then it takes `gc-intent.lock` exclusively, so that new opens queue
+    /// behind it, and waits for the stores already open. `on_wait` hears how many others it
+    /// waits for, whenever that changes. Returns the intent lock if it was taken (hold it until
+    /// the collection is done).
+    pub(crate) fn lock_gc_exclusive(
+        &self,
+        patience: Duration,
+        on_wait: &mut dyn FnMut(Wait),
+    ) -> Result<Option<File>> {
         let path = self.root.join(LOCKS_DIR).join(GC_LOCK);
         self.gc_lock
             .unlock()
-            .and_then(|()| self.gc_lock.lock())
-            .map_err(|e| Error::io("lock", path, e))
+            .map_err(|e| Error::io("unlock", &path, e))?;
+        let started = Instant::now();
+        let mut reported = None;
+        let mut intent: Option<File> = None;
+        loop {
+            match self.gc_lock.try_lock() {
+                Ok(()) => return Ok(intent),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+            }
+            if intent.is_none() && started.elapsed() >= patience {
+                // Our turn: new opens wait behind us from now on. Nothing else is held here,
+                // so waiting for the intent lock (another gc's) cannot deadlock.
+                let intent_path = self.root.join(LOCKS_DIR).join(GC_INTENT_LOCK);
+                let file = open_lock_file(&intent_path)?;
+                file.lock()
+                    .map_err(|e| Error::io("lock", &intent_path, e))?;
+                intent = Some(file);
+            }
+            let now = (self.other_sessions(), intent.is_some());
+            if reported != Some(now) {
+                on_wait(Wait::ForOthers {
+                    others: now.0,
+                    queued: now.1,
+                });
+                reported = Some(now);
+            }
+            std::thread::sleep(GC_POLL);
+        }
+    }
+
+    /// How many other stores are open now (live sessions besides this one's).
+    fn other_sessions(&self) -> usize {
+        crate::session::live_sessions(&self.tmp_dir())
+            .into_iter()
+            .filter(|p| p != self.session.path())
+            .count()
     }
 
     /// Trades the exclusive `gc.lock` back for a shared one.
@@ -525,9 +657,38 @@ fn create_root(root: &Path) -> Result<()> {
         .map_err(|e| Error::io("create directory", root, e))
 }
 
+/// A registration in [`OPEN_STORES`] that is undone if opening fails.
+struct Registered((u64, u64));
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut open = open_stores();
+        if let Some(n) = open.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// How often a waiting gc looks again.
+const GC_POLL: Duration = Duration::from_millis(100);
+
+/// Takes `file`'s lock shared, calling `on_wait` once first if that has to wait.
+fn lock_shared_reporting(file: &File, path: &Path, on_wait: impl FnOnce()) -> Result<()> {
+    match file.try_lock_shared() {
+        Ok(()) => return Ok(()),
+        Err(TryLockError::WouldBlock) => on_wait(),
+        Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+    }
+    file.lock_shared().map_err(|e| Error::io("lock", path, e))
+}
+
 /// Refuses a root that other users could tamper with: it must be a directory (possibly behind
-/// a symlink) owned by the current user and not writable by group or others.
-fn check_root_is_private(root: &Path) -> Result<()> {
+/// a symlink) owned by the current user and not writable by group or others. Returns its
+/// (device, inode).
+fn check_root_is_private(root: &Path) -> Result<(u64, u64)> {
     let meta = fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
     let unsafe_root = |reason: String| Error::UnsafeRoot {
         path: root.to_owned(),
@@ -549,7 +710,7 @@ fn check_root_is_private(root: &Path) -> Result<()> {
             meta.mode() & 0o7777
         )));
     }
-    Ok(())
+    Ok((meta.dev(), meta.ino()))
 }
 
 #[cfg(test)]

@@ -290,3 +290,226 @@ layers = ["extra"]
     assert!(!out_dir.exists(), "the empty output directory goes too");
     fsck_clean(&env);
 }
+
+// ---- gc and concurrent processes ---------------------------------------------------------------
+
+/// The temp blob that process `pid` is writing in the store's session directories, if any.
+fn temp_blob_of(env: &TestEnv, pid: u32) -> Option<PathBuf> {
+    let tmp = env.home().join("tmp");
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .find(|p| {
+            p.starts_with(&tmp)
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("blob-"))
+        })
+}
+
+/// gc read its roots (the build cache's entries) before it took its exclusive lock, so a build
+/// that finished while gc waited for it lost the blob only its new cache entry roots: the next
+/// build said "the cache entry refers to a missing or damaged blob; rebuilding".
+#[test]
+fn regression_gc_read_its_roots_before_its_lock() {
+    let env = crate::env();
+    random_file(&env, "big/f", 160);
+    env.write(
+        "gantry.toml",
+        "[layer.big]\ndirs = { \"/big\" = \"big\" }\ncompression = \"gzip\"\n",
+    );
+    let mut build = KillOnDrop(Some(
+        env.gantry()
+            .args(["build", "big"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = build.id();
+    wait_for(
+        build.0.as_mut().unwrap(),
+        Duration::from_secs(120),
+        "the build started writing its layer",
+        || temp_blob_of(&env, pid),
+    );
+    let gc = KillOnDrop(Some(
+        env.gantry()
+            .arg("gc")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let b = build.wait_with_output();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let g = gc.wait_with_output();
+    let (gc_out, gc_err) = (
+        String::from_utf8_lossy(&g.stdout),
+        String::from_utf8_lossy(&g.stderr),
+    );
+    assert!(g.status.success(), "{gc_err}");
+
+    // The layer is still in the store: the next build takes it from the cache.
+    let again = env.gantry().args(["build", "big"]).ok();
+    assert!(!again.stderr.contains("rebuilding"), "{}", again.stderr);
+    assert_mentions(&again.stderr, &["1 layer(s) from the cache, 0 built"]);
+    assert_mentions(&gc_out, &["removed 0 blobs"]);
+    // And gc said what it was waiting for.
+    assert_mentions(
+        &gc_err,
+        &["gc: waiting for 1 other gantry process to finish"],
+    );
+    fsck_clean(&env);
+}
+
+/// A child process that is killed (and reaped) if the test ends without waiting for it, so a
+/// failing test leaves nothing running.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().unwrap().try_wait().unwrap()
+    }
+
+    fn wait_with_output(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A gantry that holds the store open until the test feeds it: `gantry layer --tar FIFO`
+/// opens the store, starts its blob, then blocks reading the FIFO.
+struct Holder {
+    child: KillOnDrop,
+    fifo: PathBuf,
+}
+
+impl Holder {
+    fn start(env: &TestEnv, n: usize) -> Holder {
+        let fifo = env.path(format!("in-{n}.tar"));
+        gantry_test::tool("mkfifo").arg(&fifo).ok();
+        let child = env
+            .gantry()
+            .args(["layer", "--tar"])
+            .arg(&fifo)
+            .args(["--info", &format!("h{n}.json")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Holder {
+            child: KillOnDrop(Some(child)),
+            fifo,
+        }
+    }
+
+    /// Whether it has the store open (its blob started) within `limit`.
+    fn holds_store(&mut self, env: &TestEnv, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if temp_blob_of(env, self.child.id()).is_some() {
+                return true;
+            }
+            assert!(self.child.try_wait().is_none(), "a holder exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Feeds it its tar (from a thread: opening a FIFO waits for the reader) and lets it end.
+    fn finish(self, tar: &[u8]) -> std::thread::JoinHandle<()> {
+        let tar = tar.to_vec();
+        let Holder { child, fifo } = self;
+        std::thread::spawn(move || {
+            use std::io::Write;
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .unwrap()
+                .write_all(&tar)
+                .unwrap();
+            let out = child.wait_with_output();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+    }
+}
+
+/// A steady stream of overlapping gantry processes starved gc forever: it waited for an
+/// exclusive lock that new processes kept sharing. Now, after a bounded wait, gc takes its turn
+/// and new processes queue behind it.
+#[test]
+fn regression_a_stream_of_processes_starved_gc() {
+    let env = crate::env();
+    env.write("src/file", "held");
+    gantry_test::tool("tar")
+        .args(["-cf", "layer.tar", "-C", "src", "file"])
+        .current_dir(env.root())
+        .ok();
+    let tar = fs::read(env.path("layer.tar")).unwrap();
+
+    let mut current = Holder::start(&env, 0);
+    assert!(current.holds_store(&env, Duration::from_secs(30)));
+    let gc = KillOnDrop(Some(
+        env.gantry()
+            .arg("gc")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let gc_pid = gc.id();
+    let gc_running = || fs::metadata(format!("/proc/{gc_pid}")).is_ok();
+    // Each new process starts while the previous one still holds the store, so the store is
+    // never free. Once gc has taken its turn, a new one no longer gets in.
+    let mut feeders = Vec::new();
+    let mut queued_behind_gc = None;
+    let started = Instant::now();
+    for n in 1..=40 {
+        let mut next = Holder::start(&env, n);
+        if !next.holds_store(&env, Duration::from_secs(2)) {
+            queued_behind_gc = Some((n, next));
+            break;
+        }
+        feeders.push(current.finish(&tar));
+        current = next;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (n, mut queued) = queued_behind_gc.unwrap_or_else(|| {
+        panic!(
+            "gc never took its turn in {:.0?} of overlapping processes",
+            started.elapsed()
+        )
+    });
+    assert!(gc_running(), "gc is waiting for the last holder");
+    // The last holder finishes; gc runs; then the queued process goes on.
+    feeders.push(current.finish(&tar));
+    let g = gc.wait_with_output();
+    let gc_err = String::from_utf8_lossy(&g.stderr);
+    assert!(g.status.success(), "{gc_err}");
+    assert_mentions(&gc_err, &["new ones wait until gc is done"]);
+    assert!(
+        queued.holds_store(&env, Duration::from_secs(30)),
+        "holder {n} never got in"
+    );
+    feeders.push(queued.finish(&tar));
+    for f in feeders {
+        f.join().unwrap();
+    }
+    fsck_clean(&env);
+}
