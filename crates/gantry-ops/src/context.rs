@@ -108,8 +108,23 @@ impl Context {
         })
     }
 
-    /// Opens the store (saying so if it has to wait for a gc).
+    /// Opens the store for a command that writes to it: a read-only store is an error that
+    /// says so (see [`Context::store_for_reading`]).
     pub fn store(&self) -> Result<Store> {
+        let store = self.store_for_reading()?;
+        if let Some(reason) = store.read_only() {
+            anyhow::bail!(
+                "the store at {} is read-only ({reason}), and this command writes to it; \
+                 inspect, ls, unpack and fsck (without --repair) work on a read-only store",
+                self.home.display()
+            );
+        }
+        Ok(store)
+    }
+
+    /// Opens the store for a command that only reads it, also when it is read-only (a
+    /// read-only mount, or a store its user cannot write); says so if it has to wait for a gc.
+    pub fn store_for_reading(&self) -> Result<Store> {
         let on_wait = |wait: Wait| {
             if wait == Wait::ForGc {
                 self.reporter

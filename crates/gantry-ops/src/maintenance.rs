@@ -9,7 +9,12 @@ use crate::Context;
 
 /// Runs `gantry fsck`.
 pub fn fsck(ctx: &Context, repair: bool) -> Result<FsckReport> {
-    Ok(ctx.store()?.fsck(&FsckOptions { repair })?)
+    let store = if repair {
+        ctx.store()?
+    } else {
+        ctx.store_for_reading()?
+    };
+    Ok(store.fsck(&FsckOptions { repair })?)
 }
 
 /// What `gantry gc` did.

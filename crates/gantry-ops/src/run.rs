@@ -82,7 +82,7 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
     }
     let scratch = tempfile::Builder::new()
         .prefix("run-")
-        .tempdir_in(store.session_dir())
+        .tempdir_in(store.session_dir()?)
         .context("cannot create a scratch directory")?;
     let prepared = gantry_runtime::prepare_rootfs(&lower, scratch.path())
         .context("cannot prepare the root filesystem")?;
@@ -142,7 +142,9 @@ fn project_image(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<Option<(Pr
 /// Runs `gantry unpack`; returns a summary of what was unpacked.
 pub fn unpack(ctx: &Context, args: &gantry_cli::UnpackArgs) -> Result<String> {
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
-    let store = ctx.store()?;
+    // Unpacking reads the store only: it works on a read-only store for an image whose blobs
+    // it already holds (or that is in a layout or archive).
+    let store = ctx.store_for_reading()?;
     let client = crate::registry::client(ctx, None)?;
     let source = open_source(ctx, &store, &client, &args.image, platform.as_ref())?;
     let dest = ctx.abs(&args.dest);

@@ -413,7 +413,7 @@ pub(crate) fn run_step(
     )?;
     let scratch = tempfile::Builder::new()
         .prefix("step-")
-        .tempdir_in(store.session_dir())
+        .tempdir_in(store.session_dir()?)
         .context("cannot create the step's scratch directory")?;
     let prepared = gantry_runtime::prepare_rootfs(&lower, scratch.path())
         .with_context(|| format!("{label}: cannot prepare the root filesystem"))?;

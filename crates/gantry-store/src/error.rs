@@ -90,6 +90,19 @@ pub enum Error {
         /// What it is.
         kind: &'static str,
     },
+    /// A write to a store that was opened read-only (see [`crate::Store::read_only`]).
+    #[error(
+        "cannot {action}: the store at {} is read-only ({reason}); this command needs write access to it",
+        root.display()
+    )]
+    ReadOnlyStore {
+        /// The store root.
+        root: PathBuf,
+        /// What needed writing.
+        action: &'static str,
+        /// Why it is read-only.
+        reason: String,
+    },
     /// A file larger than the cap for its kind.
     #[error("{} is larger than the limit of {limit} bytes", path.display())]
     TooLarge {

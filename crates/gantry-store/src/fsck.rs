@@ -158,6 +158,9 @@ impl Store {
     /// removes corrupt blobs, stray files and leftovers, and fixes writable modes; missing
     /// blobs and corrupt refs are only reported.
     pub fn fsck(&self, options: &FsckOptions) -> Result<FsckReport> {
+        if options.repair {
+            self.require_writable("repair it")?;
+        }
         let mut report = FsckReport::default();
         self.check_blobs(options.repair, &mut report)?;
         self.check_refs(&mut report)?;
@@ -248,7 +251,11 @@ impl Store {
 
     fn check_tmp(&self, repair: bool, report: &mut FsckReport) -> Result<()> {
         let _lock = self.lock_tmp()?;
-        for path in leftovers(&self.tmp_dir(), self.session_dir())? {
+        let tmp = self.tmp_dir();
+        if !tmp.is_dir() {
+            return Ok(());
+        }
+        for path in leftovers(&tmp, self.own_session())? {
             if repair {
                 remove_any(&path)?;
             }

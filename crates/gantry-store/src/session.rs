@@ -47,12 +47,12 @@ impl Session {
 /// The entries of `tmp` that belong to no live session: the directories of dead sessions and
 /// anything else that is not a session directory. `own` is never listed. Call with `tmp.lock`
 /// held.
-pub(crate) fn leftovers(tmp: &Path, own: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn leftovers(tmp: &Path, own: Option<&Path>) -> Result<Vec<PathBuf>> {
     let entries = fs::read_dir(tmp).map_err(|e| Error::io("list", tmp, e))?;
     let mut found = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| Error::io("list", tmp, e))?.path();
-        if path != own && !is_live_session(&path)? {
+        if Some(path.as_path()) != own && !is_live_session(&path)? {
             found.push(path);
         }
     }
@@ -63,7 +63,7 @@ pub(crate) fn leftovers(tmp: &Path, own: &Path) -> Result<Vec<PathBuf>> {
 /// Removes what [`leftovers`] found. Returns how many entries were removed.
 pub(crate) fn remove_leftovers(tmp: &Path, own: &Path) -> Result<u64> {
     let mut removed = 0;
-    for path in leftovers(tmp, own)? {
+    for path in leftovers(tmp, Some(own))? {
         tracing::debug!(path = %path.display(), "removing leftover temp entry");
         // A process killed during a build step can leave its overlay mounted here: detach it
         // first, or the removal would walk into the mount and then fail on the busy mount
@@ -187,7 +187,7 @@ mod tests {
         let stray = tmp.path().join("stray");
         fs::write(&stray, b"x").unwrap();
 
-        let found = leftovers(tmp.path(), live.path()).unwrap();
+        let found = leftovers(tmp.path(), Some(live.path())).unwrap();
         assert_eq!(found, vec![dead, half_created, stray]);
         assert!(!found.iter().any(|p| p == other_live.path()));
 

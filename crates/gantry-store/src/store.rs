@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gantry_oci::{Algorithm, Digest, HashingReader, HashingWriter};
+use rustix::io::Errno;
 use tempfile::TempPath;
 
 use crate::fsutil::{
@@ -51,8 +52,12 @@ const WRITE_BUFFER: usize = 128 << 10;
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    session: Session,
-    gc_lock: File,
+    /// `None` for a read-only store.
+    session: Option<Session>,
+    /// `None` for a read-only store without a `locks/gc.lock` (nobody has written to it).
+    gc_lock: Option<File>,
+    /// Why the store is read-only, if it is.
+    read_only: Option<String>,
     /// The root's (device, inode), the key of [`OPEN_STORES`].
     identity: (u64, u64),
 }
@@ -132,15 +137,33 @@ impl Store {
     /// [`Store::open`] with options: `on_wait` hears when opening waits for a gc.
     pub fn open_with(root: &Path, options: &StoreOptions<'_>) -> Result<Store> {
         let root = std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
-        create_root(&root)?;
-        let identity = check_root_is_private(&root)?;
-        for dir in [BLOBS_DIR, TMP_DIR, REFS_DIR, LOCKS_DIR] {
-            ensure_private_dir(&root.join(dir))?;
+        let read_only = read_only_reason(&root);
+        if read_only.is_none() {
+            create_root(&root)?;
         }
-        ensure_private_dir(&root.join(BLOBS_DIR).join(Algorithm::Sha256.name()))?;
-
-        let gc_lock_path = root.join(LOCKS_DIR).join(GC_LOCK);
-        let gc_lock = open_lock_file(&gc_lock_path)?;
+        let identity = check_root_is_private(&root)?;
+        if read_only.is_none() {
+            for dir in [BLOBS_DIR, TMP_DIR, REFS_DIR, LOCKS_DIR] {
+                ensure_private_dir(&root.join(dir))?;
+            }
+            ensure_private_dir(&root.join(BLOBS_DIR).join(Algorithm::Sha256.name()))?;
+        }
+        // A read-only store's lock files are taken if they exist (flock needs no write
+        // access): whoever can still write to it (its owner, root) respects them.
+        let lock_file = |name: &str| {
+            let path = root.join(LOCKS_DIR).join(name);
+            let file = match read_only {
+                None => Some(open_lock_file(&path)?),
+                Some(_) => open_existing_lock_file(&path)?,
+            };
+            Ok::<_, Error>((path, file))
+        };
+        let (gc_lock_path, gc_lock) = lock_file(GC_LOCK)?;
+        let report_wait = || {
+            if let Some(f) = options.on_wait {
+                f(Wait::ForGc);
+            }
+        };
         // Pass through the gc-intent lock (unless this process has the store open already),
         // then take gc.lock shared: a gc that took its turn goes first.
         let mut open = open_stores();
@@ -151,35 +174,62 @@ impl Store {
         let intent = if nested {
             None
         } else {
-            let path = root.join(LOCKS_DIR).join(GC_INTENT_LOCK);
-            let intent = open_lock_file(&path)?;
-            lock_shared_reporting(&intent, &path, || {
-                if let Some(f) = options.on_wait {
-                    f(Wait::ForGc);
-                }
-            })?;
-            Some(intent)
-        };
-        lock_shared_reporting(&gc_lock, &gc_lock_path, || {
-            if let Some(f) = options.on_wait {
-                f(Wait::ForGc);
+            let (path, intent) = lock_file(GC_INTENT_LOCK)?;
+            if let Some(f) = &intent {
+                lock_shared_reporting(f, &path, report_wait)?;
             }
-        })?;
+            intent
+        };
+        if let Some(f) = &gc_lock {
+            lock_shared_reporting(f, &gc_lock_path, report_wait)?;
+        }
         drop(intent);
 
-        // Sessions are created, and dead ones recognised, only under tmp.lock (see session.rs).
-        let tmp = root.join(TMP_DIR);
-        let _tmp_lock = lock_exclusive(&root.join(LOCKS_DIR).join(TMP_LOCK))?;
-        let session = Session::create(&tmp)?;
-        let removed = remove_leftovers(&tmp, session.path())?;
-        tracing::debug!(root = %root.display(), removed, "opened store");
+        let session = match &read_only {
+            Some(reason) => {
+                tracing::debug!(root = %root.display(), reason, "opened a read-only store");
+                None
+            }
+            None => {
+                // Sessions are created, and dead ones recognised, only under tmp.lock (see
+                // session.rs).
+                let tmp = root.join(TMP_DIR);
+                let _tmp_lock = lock_exclusive(&root.join(LOCKS_DIR).join(TMP_LOCK))?;
+                let session = Session::create(&tmp)?;
+                let removed = remove_leftovers(&tmp, session.path())?;
+                tracing::debug!(root = %root.display(), removed, "opened store");
+                Some(session)
+            }
+        };
         std::mem::forget(registered);
         Ok(Store {
             root,
             session,
             gc_lock,
+            read_only,
             identity,
         })
+    }
+
+    /// Why the store was opened read-only (its directory cannot be written: a read-only
+    /// mount, or no write permission), or `None` if it is writable. A read-only store reads
+    /// blobs, refs and layouts; anything that would write to it fails with
+    /// [`Error::ReadOnlyStore`].
+    pub fn read_only(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    /// Fails with [`Error::ReadOnlyStore`] (saying that `action` needs write access) if the
+    /// store is read-only.
+    pub fn require_writable(&self, action: &'static str) -> Result<()> {
+        match &self.read_only {
+            None => Ok(()),
+            Some(reason) => Err(Error::ReadOnlyStore {
+                root: self.root.clone(),
+                action,
+                reason: reason.clone(),
+            }),
+        }
     }
 
     /// The store's root directory (absolute).
@@ -293,6 +343,7 @@ impl Store {
     /// again (a commit keeps an existing blob). Returns whether it was removed. A missing blob
     /// is not an error.
     pub fn remove_corrupt_blob(&self, digest: &Digest) -> Result<bool> {
+        self.require_writable("remove a corrupt blob")?;
         match self.verify_blob(digest) {
             Ok(()) | Err(Error::BlobNotFound { .. }) => Ok(false),
             Err(Error::CorruptBlob { path, .. }) => {
@@ -367,16 +418,25 @@ impl Store {
 
     /// A directory private to this open store for scratch work: removed when the store is
     /// dropped, and by the next open if this process dies.
-    pub fn session_dir(&self) -> &Path {
-        self.session.path()
+    pub fn session_dir(&self) -> Result<&Path> {
+        self.require_writable("make scratch space in it")?;
+        self.own_session()
+            .ok_or_else(|| Error::io("use", &self.root, io::ErrorKind::NotFound.into()))
+    }
+
+    /// This store's session directory (`None` if it is read-only).
+    pub(crate) fn own_session(&self) -> Option<&Path> {
+        self.session.as_ref().map(Session::path)
     }
 
     /// Creates a temp file in this store's session directory.
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<tempfile::NamedTempFile> {
+        self.require_writable("write a blob")?;
+        let dir = self.session_dir()?;
         tempfile::Builder::new()
             .prefix(prefix)
-            .tempfile_in(self.session.path())
-            .map_err(|e| Error::io("create a temp file in", self.session.path(), e))
+            .tempfile_in(dir)
+            .map_err(|e| Error::io("create a temp file in", dir, e))
     }
 
     /// The `refs-v1` directory.
@@ -394,14 +454,34 @@ impl Store {
         self.root.join(TMP_DIR)
     }
 
-    /// Takes `locks/refs.lock` exclusively until the returned file is dropped.
+    /// Takes `locks/refs.lock` exclusively until the returned file is dropped (to change
+    /// refs: fails on a read-only store).
     pub(crate) fn lock_refs(&self) -> Result<File> {
+        self.require_writable("change refs")?;
         lock_exclusive(&self.root.join(LOCKS_DIR).join(REFS_LOCK))
     }
 
-    /// Takes `locks/tmp.lock` exclusively until the returned file is dropped.
-    pub(crate) fn lock_tmp(&self) -> Result<File> {
-        lock_exclusive(&self.root.join(LOCKS_DIR).join(TMP_LOCK))
+    /// Takes `locks/tmp.lock` exclusively until the returned file is dropped. On a read-only
+    /// store, takes it if it exists (`None` otherwise): nothing there can change but by a
+    /// writer that respects it.
+    pub(crate) fn lock_tmp(&self) -> Result<Option<File>> {
+        let path = self.root.join(LOCKS_DIR).join(TMP_LOCK);
+        if self.read_only.is_none() {
+            return lock_exclusive(&path).map(Some);
+        }
+        let Some(file) = open_existing_lock_file(&path)? else {
+            return Ok(None);
+        };
+        file.lock().map_err(|e| Error::io("lock", &path, e))?;
+        Ok(Some(file))
+    }
+
+    /// The open `gc.lock` of a writable store.
+    fn gc_lock_file(&self) -> Result<&File> {
+        self.require_writable("collect garbage")?;
+        self.gc_lock
+            .as_ref()
+            .ok_or_else(|| Error::io("use", &self.root, io::ErrorKind::NotFound.into()))
     }
 
     /// Trades this store's shared `gc.lock` for an exclusive one, waiting until every other
@@ -416,14 +496,15 @@ impl Store {
         on_wait: &mut dyn FnMut(Wait),
     ) -> Result<Option<File>> {
         let path = self.root.join(LOCKS_DIR).join(GC_LOCK);
-        self.gc_lock
+        let gc_lock = self.gc_lock_file()?;
+        gc_lock
             .unlock()
             .map_err(|e| Error::io("unlock", &path, e))?;
         let started = Instant::now();
         let mut reported = None;
         let mut intent: Option<File> = None;
         loop {
-            match self.gc_lock.try_lock() {
+            match gc_lock.try_lock() {
                 Ok(()) => return Ok(intent),
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
@@ -453,16 +534,17 @@ impl Store {
     fn other_sessions(&self) -> usize {
         crate::session::live_sessions(&self.tmp_dir())
             .into_iter()
-            .filter(|p| p != self.session.path())
+            .filter(|p| Some(p.as_path()) != self.own_session())
             .count()
     }
 
     /// Trades the exclusive `gc.lock` back for a shared one.
     pub(crate) fn lock_gc_shared(&self) -> Result<()> {
         let path = self.root.join(LOCKS_DIR).join(GC_LOCK);
-        self.gc_lock
+        let gc_lock = self.gc_lock_file()?;
+        gc_lock
             .unlock()
-            .and_then(|()| self.gc_lock.lock_shared())
+            .and_then(|()| gc_lock.lock_shared())
             .map_err(|e| Error::io("lock", path, e))
     }
 
@@ -655,6 +737,27 @@ fn create_root(root: &Path) -> Result<()> {
         .recursive(true)
         .create(root)
         .map_err(|e| Error::io("create directory", root, e))
+}
+
+/// Why a store root that exists cannot be written (`EROFS`, `EACCES`, `EPERM` from
+/// `access(W_OK)`), or `None` if it can, or does not exist yet.
+fn read_only_reason(root: &Path) -> Option<String> {
+    match rustix::fs::access(root, rustix::fs::Access::WRITE_OK) {
+        Ok(()) => None,
+        Err(e) if matches!(e, Errno::ROFS | Errno::ACCESS | Errno::PERM) => {
+            Some(io::Error::from(e).to_string())
+        }
+        Err(_) => None,
+    }
+}
+
+/// Opens an existing lock file read-only (enough for `flock`); `None` if it does not exist.
+fn open_existing_lock_file(path: &Path) -> Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("open lock file", path, e)),
+    }
 }
 
 /// A registration in [`OPEN_STORES`] that is undone if opening fails.
@@ -914,7 +1017,7 @@ mod tests {
     #[test]
     fn dead_sessions_are_cleaned_live_ones_kept() {
         let (dir, store) = open_store();
-        let live_session = store.session_dir().to_owned();
+        let live_session = store.session_dir().unwrap().to_owned();
         let dead = dir.path().join("tmp/s-x");
         fs::create_dir(&dead).unwrap();
         fs::write(dead.join("lock"), b"").unwrap();
@@ -926,7 +1029,7 @@ mod tests {
         assert!(!dead.exists(), "dead session removed");
         assert!(!stray.exists(), "stray entry removed");
         assert!(live_session.join("lock").exists(), "live session kept");
-        assert!(second.session_dir().exists());
+        assert!(second.session_dir().unwrap().exists());
 
         drop(store);
         assert!(!live_session.exists(), "drop removes the session dir");
@@ -990,7 +1093,7 @@ mod tests {
     }
 
     fn assert_session_empty(store: &Store) {
-        let names: Vec<_> = fs::read_dir(store.session_dir())
+        let names: Vec<_> = fs::read_dir(store.session_dir().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .filter(|n| n != "lock")

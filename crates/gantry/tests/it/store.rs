@@ -430,3 +430,97 @@ fn regression_fsck_repair_exited_zero_with_problems_left() {
     assert_mentions(&o.stdout, &["is writable (repaired)", "1 repaired, 0 left"]);
     env.gantry().arg("fsck").ok();
 }
+
+/// `gantry <args>` with the store on a read-only bind mount: run under `unshare -m`, so the
+/// mount exists only in that process's private mount namespace.
+fn on_read_only_store(env: &TestEnv, args: &[&str]) -> gantry_test::Output {
+    let inner = {
+        let mut c = env.gantry();
+        c.args(args);
+        c
+    };
+    let mut c = gantry_test::tool("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(env.home())
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir(env.root());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.output_any()
+}
+
+/// `gantry unpack` and `gantry fsck` failed on a read-only store ("cannot open lock file").
+/// Commands that only read now work on one, without writing a byte to it; commands that
+/// write say that the store is read-only.
+#[test]
+fn regression_read_only_store_could_not_be_read() {
+    let env = crate::env();
+    env.run(&[
+        "layer",
+        "--content",
+        "/x=read only",
+        "--info",
+        "l.json",
+        "-o",
+        "l.tgz",
+    ]);
+    env.run(&["image", "--layer", "l.json", "-o", "out", "-t", "v1"]);
+    let home = env.home().display().to_string();
+    let before = gantry_test::snapshot(&env.home());
+
+    // Proof that the mount is read-only: even root cannot write there.
+    let probe = on_read_only_store(&env, &["layer", "--content", "/y=2"]);
+    assert_ne!(probe.code, Some(0));
+    assert_mentions(
+        &probe.stderr,
+        &[&home, "read-only", "Read-only file system"],
+    );
+
+    for args in [
+        &["inspect", "l.json"][..],
+        &["inspect", "out:v1"],
+        &["ls", "l.json"],
+        &["ls", "out:v1"],
+        &["unpack", "oci:out:v1", "rootfs"],
+        &["fsck"],
+    ] {
+        let o = on_read_only_store(&env, args);
+        assert_eq!(o.code, Some(0), "gantry {args:?}: {}", o.stderr);
+    }
+    assert_eq!(
+        fs::read_to_string(env.path("rootfs/x")).unwrap(),
+        "read only"
+    );
+    let fsck = on_read_only_store(&env, &["fsck"]);
+    assert_mentions(&fsck.stdout, &["no problems"]);
+    let inspect = on_read_only_store(&env, &["inspect", "--json", "l.json"]);
+    assert_eq!(gantry_test::json(&inspect.stdout)["inStore"], true);
+
+    for args in [
+        &["layer", "--content", "/z=3", "--info", "m.json"][..],
+        &["image", "--layer", "l.json", "-o", "out2"],
+        &["gc"],
+        &["fsck", "--repair"],
+    ] {
+        let o = on_read_only_store(&env, args);
+        assert_ne!(
+            o.code,
+            Some(0),
+            "gantry {args:?} wrote to a read-only store"
+        );
+        assert_mentions(&o.stderr, &[&home, "read-only"]);
+        assert!(!o.stderr.contains("lock file"), "{}", o.stderr);
+    }
+    // Not a byte changed, not even a lock or session file.
+    assert_eq!(gantry_test::snapshot(&env.home()), before);
+    // Writable again, it is whole.
+    let fsck = env.gantry().arg("fsck").ok();
+    assert_mentions(&fsck.stdout, &["no problems"]);
+}
