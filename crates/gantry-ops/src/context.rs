@@ -131,8 +131,14 @@ impl Context {
                     .event("waiting for gantry gc, which has the store to itself…");
             }
         };
+        // A gantry killed during a step leaves its containers running; they are stopped
+        // before its session (which holds their state) is removed.
+        let reporter = Arc::clone(&self.reporter);
         let options = StoreOptions {
             on_wait: Some(&on_wait),
+            reaper: Some(Arc::new(move |dir: &Path| {
+                crate::step::reap_containers(reporter.as_ref(), dir);
+            })),
         };
         Store::open_with(&self.home, &options)
             .with_context(|| format!("cannot open the store at {}", self.home.display()))

@@ -44,6 +44,9 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
         }
     };
     let store = ctx.store()?;
+    // Container state in the store's session, where the next gantry finds it if this one is
+    // killed.
+    let runtime = runtime.with_state_root(store.session_dir()?.join(step::RUNTIME_STATE_DIR));
     let config = ImageConfig::parse(
         &store.read_blob(&source.config.digest, json::MAX_CONFIG_SIZE)?,
         "image config",

@@ -9,7 +9,7 @@ use gantry_oci::{Algorithm, Digest};
 
 use crate::fsutil::{fsync_dir, hash_file, is_real_dir, list_dir, remove_any};
 use crate::gc::{WalkIssue, digest_of_path};
-use crate::session::leftovers;
+use crate::session::{leftovers, remove_leftover};
 use crate::{Error, Result, Store};
 
 /// What [`Store::fsck`] should do.
@@ -257,7 +257,7 @@ impl Store {
         }
         for path in leftovers(&tmp, self.own_session())? {
             if repair {
-                remove_any(&path)?;
+                remove_leftover(&path, self.reaper())?;
             }
             report.found(Problem::LeftoverTemp { path }, repair);
         }

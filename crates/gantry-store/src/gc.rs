@@ -154,7 +154,8 @@ impl Store {
 
         if !options.dry_run {
             let _lock = self.lock_tmp()?;
-            report.removed_temp = remove_leftovers(&self.tmp_dir(), self.session_dir()?)?;
+            report.removed_temp =
+                remove_leftovers(&self.tmp_dir(), self.session_dir()?, self.reaper())?;
         }
         Ok(report)
     }

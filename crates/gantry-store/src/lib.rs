@@ -54,4 +54,4 @@ pub use layout::{
     ImageWriter, Layout, LayoutSource, LayoutWriter, MAX_INDEX_DEPTH, Resolved, Selector,
 };
 pub use refs::RefEntry;
-pub use store::{BlobWriter, LinkKind, Store, StoreOptions, Wait};
+pub use store::{BlobWriter, LinkKind, Reaper, Store, StoreOptions, Wait};

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 use crate::fsutil::{open_regular_if_exists, remove_any};
+use crate::store::Reaper;
 use crate::{Error, Result};
 
 /// Prefix of session directory names.
@@ -60,22 +61,33 @@ pub(crate) fn leftovers(tmp: &Path, own: Option<&Path>) -> Result<Vec<PathBuf>> 
     Ok(found)
 }
 
-/// Removes what [`leftovers`] found. Returns how many entries were removed.
-pub(crate) fn remove_leftovers(tmp: &Path, own: &Path) -> Result<u64> {
+/// Removes what [`leftovers`] found (see [`remove_leftover`]). Returns how many entries were
+/// removed.
+pub(crate) fn remove_leftovers(tmp: &Path, own: &Path, reaper: Option<&Reaper>) -> Result<u64> {
     let mut removed = 0;
     for path in leftovers(tmp, Some(own))? {
-        tracing::debug!(path = %path.display(), "removing leftover temp entry");
-        // A process killed during a build step can leave its overlay mounted here: detach it
-        // first, or the removal would walk into the mount and then fail on the busy mount
-        // point.
-        unmount_under(&path);
         // A leftover that cannot be removed must not stop the store from opening.
-        match remove_any(&path) {
+        match remove_leftover(&path, reaper) {
             Ok(()) => removed += 1,
             Err(e) => tracing::warn!("cannot remove the leftover {}: {e}", path.display()),
         }
     }
     Ok(removed)
+}
+
+/// Removes one leftover of `tmp/`: first `reaper` stops what the dead process left running
+/// there (its containers), then its mounts are detached, then it is deleted.
+pub(crate) fn remove_leftover(path: &Path, reaper: Option<&Reaper>) -> Result<()> {
+    tracing::debug!(path = %path.display(), "removing leftover temp entry");
+    if let Some(reap) = reaper
+        && fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+    {
+        reap(path);
+    }
+    // A process killed during a build step can leave its overlay mounted here: detach it
+    // first, or the removal would walk into the mount and then fail on the busy mount point.
+    unmount_under(path);
+    remove_any(path)
 }
 
 /// Lazily unmounts every mount at or below `dir` (deepest first), as far as this process is

@@ -58,6 +58,8 @@ pub struct Store {
     gc_lock: Option<File>,
     /// Why the store is read-only, if it is.
     read_only: Option<String>,
+    /// Called with each dead session's directory before it is removed.
+    reaper: ReaperSlot,
     /// The root's (device, inode), the key of [`OPEN_STORES`].
     identity: (u64, u64),
 }
@@ -102,11 +104,28 @@ impl Drop for Store {
     }
 }
 
+/// Called with the directory of a dead process's session before it is removed, to stop what
+/// that process left running there (the containers of its build steps). It must not fail;
+/// it may log.
+pub type Reaper = std::sync::Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// A [`Reaper`], if any (printable, for `Store`'s `Debug`).
+#[derive(Clone, Default)]
+pub(crate) struct ReaperSlot(pub(crate) Option<Reaper>);
+
+impl std::fmt::Debug for ReaperSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
 /// Options of [`Store::open_with`].
 #[derive(Default)]
 pub struct StoreOptions<'a> {
     /// Hears when opening has to wait (for a gc).
     pub on_wait: Option<&'a dyn Fn(Wait)>,
+    /// Runs before a dead session's directory is removed (by this open, gc or fsck).
+    pub reaper: Option<Reaper>,
 }
 
 impl std::fmt::Debug for StoreOptions<'_> {
@@ -196,7 +215,7 @@ impl Store {
                 let tmp = root.join(TMP_DIR);
                 let _tmp_lock = lock_exclusive(&root.join(LOCKS_DIR).join(TMP_LOCK))?;
                 let session = Session::create(&tmp)?;
-                let removed = remove_leftovers(&tmp, session.path())?;
+                let removed = remove_leftovers(&tmp, session.path(), options.reaper.as_ref())?;
                 tracing::debug!(root = %root.display(), removed, "opened store");
                 Some(session)
             }
@@ -207,6 +226,7 @@ impl Store {
             session,
             gc_lock,
             read_only,
+            reaper: ReaperSlot(options.reaper.clone()),
             identity,
         })
     }
@@ -437,6 +457,11 @@ impl Store {
             .prefix(prefix)
             .tempfile_in(dir)
             .map_err(|e| Error::io("create a temp file in", dir, e))
+    }
+
+    /// The reaper this store was opened with.
+    pub(crate) fn reaper(&self) -> Option<&Reaper> {
+        self.reaper.0.as_ref()
     }
 
     /// The `refs-v1` directory.
@@ -1033,6 +1058,37 @@ mod tests {
 
         drop(store);
         assert!(!live_session.exists(), "drop removes the session dir");
+    }
+
+    #[test]
+    fn the_reaper_sees_each_dead_session_before_it_is_removed() {
+        let (dir, store) = open_store();
+        let dead = dir.path().join("tmp/s-dead");
+        fs::create_dir_all(dead.join("runtime-state/c1")).unwrap();
+        fs::write(dead.join("lock"), b"").unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let reaper: Reaper = std::sync::Arc::new(move |p: &Path| {
+            // Called while the session is still whole.
+            log.lock()
+                .unwrap()
+                .push((p.to_owned(), p.join("runtime-state/c1").is_dir()));
+        });
+        let options = StoreOptions {
+            on_wait: None,
+            reaper: Some(reaper),
+        };
+        let second = Store::open_with(dir.path(), &options).unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![(dead.clone(), true)]);
+        assert!(!dead.exists());
+        // Live sessions are never reaped; a later leftover is, by gc's cleanup too.
+        let own = store.session_dir().unwrap().to_owned();
+        assert!(!seen.lock().unwrap().iter().any(|(p, _)| *p == own));
+        let dead2 = dir.path().join("tmp/s-dead2");
+        fs::create_dir(&dead2).unwrap();
+        let report = second.fsck(&crate::FsckOptions { repair: true }).unwrap();
+        assert_eq!(report.unrepaired(), 0);
+        assert_eq!(seen.lock().unwrap().last(), Some(&(dead2, false)));
     }
 
     #[test]

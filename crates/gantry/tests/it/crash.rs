@@ -513,3 +513,217 @@ fn regression_a_stream_of_processes_starved_gc() {
     }
     fsck_clean(&env);
 }
+
+// ---- containers of killed and interrupted gantry processes -------------------------------------
+
+/// The pids of the processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// Kills (SIGKILL) the processes whose command line is `argv` when dropped: a failing test
+/// must not leave a container's process running. Its `runc run` then ends too.
+struct KillProcesses(Vec<String>);
+
+impl Drop for KillProcesses {
+    fn drop(&mut self) {
+        let argv: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        for pid in pids_running(&argv) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Polls until `cond` holds, for at most `limit`.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// A sleep time no other test uses, so that its `sleep N` process is this test's container.
+fn unique_seconds() -> String {
+    (900_000 + std::process::id() % 90_000 + fastrand_u32() % 1000).to_string()
+}
+
+fn fastrand_u32() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+/// After `kill -9` of gantry during a step, `runc run` and its container kept running, and
+/// the next gantry removed the dead session's runc state, so nothing could stop them any more.
+/// Now the next gantry stops the container first.
+#[test]
+fn regression_killed_gantry_left_its_step_container_running() {
+    let t = crate::env();
+    let rt = crate::steps::runtime_wrapper(&t);
+    let secs = unique_seconds();
+    crate::steps::project(
+        &t,
+        &format!(
+            "[step.slow]\nbase = \"base\"\nrun = [\"sleep\", \"{secs}\"]\noutputs = [\"/tmp\"]\n"
+        ),
+    );
+    let container = ["sleep", secs.as_str()];
+    let _cleanup = KillProcesses(container.iter().map(|s| s.to_string()).collect());
+    let mut child = KillOnDrop(Some(
+        t.gantry()
+            .arg("--runtime")
+            .arg(&rt)
+            .args(["build", "slow"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let gantry_pid = child.id();
+    wait_for(
+        child.0.as_mut().unwrap(),
+        Duration::from_secs(120),
+        "the step's container runs",
+        || (!pids_running(&container).is_empty()).then_some(()),
+    );
+    let session = fs::read_dir(t.home().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("s-"))
+        .expect("the running build's session");
+    let mut c = child.0.take().unwrap();
+    c.kill().unwrap();
+    assert_eq!(c.wait().unwrap().signal(), Some(9));
+    assert!(
+        fs::metadata(format!("/proc/{gantry_pid}")).is_err(),
+        "gantry is gone"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !pids_running(&container).is_empty(),
+        "the container outlives the killed gantry (until the next gantry stops it)"
+    );
+
+    // Any next gantry command stops it, then removes the dead session with its state.
+    let o = t.gantry().arg("fsck").ok();
+    assert!(
+        eventually(Duration::from_secs(10), || pids_running(&container)
+            .is_empty()),
+        "the container still runs: {:?}",
+        pids_running(&container)
+    );
+    assert_mentions(
+        &o.stderr,
+        &["stopped 1 container(s) that a killed gantry left running"],
+    );
+    assert!(!session.exists(), "the dead session's state is gone");
+    let runc_of_session = || {
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .any(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(&*session.to_string_lossy())
+                })
+            })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || !runc_of_session()),
+        "a runtime process of the dead session still runs"
+    );
+    assert_mentions(&t.gantry().arg("fsck").ok().stdout, &["no problems"]);
+}
+
+/// SIGINT or SIGTERM to `gantry run … sleep N` killed gantry alone: the container ran on.
+/// Now gantry stops it and exits with 128 + the signal.
+#[test]
+fn regression_interrupted_gantry_run_left_its_container_running() {
+    let t = crate::env();
+    let rt = crate::steps::runtime_wrapper(&t);
+    crate::steps::project(&t, "");
+    let built = t
+        .gantry()
+        .arg("--runtime")
+        .arg(&rt)
+        .args(["build", "base"])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let secs = unique_seconds();
+        let container = ["sleep", secs.as_str()];
+        let _cleanup = KillProcesses(container.iter().map(|s| s.to_string()).collect());
+        // stderr goes to a file: a pipe would stay open as long as a leftover runtime runs.
+        let stderr = t.path(format!("stderr-{signal}"));
+        let mut child = KillOnDrop(Some(
+            t.gantry()
+                .arg("--runtime")
+                .arg(&rt)
+                .args(["run", "base", "--", "sleep", &secs])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(&stderr).unwrap())
+                .spawn()
+                .unwrap(),
+        ));
+        wait_for(
+            child.0.as_mut().unwrap(),
+            Duration::from_secs(120),
+            "the container runs",
+            || (!pids_running(&container).is_empty()).then_some(()),
+        );
+        let sent = Instant::now();
+        gantry_test::tool("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .ok();
+        let limit = Duration::from_secs(15);
+        let exited = eventually(limit, || {
+            child.0.as_mut().unwrap().try_wait().unwrap().is_some()
+        });
+        assert!(
+            exited,
+            "gantry did not exit within {limit:?} of SIG{signal}"
+        );
+        let status = child.0.take().unwrap().wait().unwrap();
+        let err = fs::read_to_string(&stderr).unwrap();
+        assert_eq!(status.code(), Some(code), "{status}: {err}");
+        assert_mentions(&err, &["interrupted by SIG"]);
+        assert!(
+            sent.elapsed() < Duration::from_secs(8),
+            "took {:?}",
+            sent.elapsed()
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || pids_running(&container)
+                .is_empty()),
+            "the container still runs after SIG{signal}"
+        );
+        // It wound down: its session is gone too.
+        let sessions: Vec<_> = fs::read_dir(t.home().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(sessions.is_empty(), "{sessions:?}");
+    }
+    assert_mentions(&t.gantry().arg("fsck").ok().stdout, &["no problems"]);
+}

@@ -14,7 +14,7 @@ const APPLETS: &[&str] = &[
 ];
 
 /// A project with a busybox base image, a seed layer to change and delete from, and `extra`.
-fn project(t: &TestEnv, extra: &str) {
+pub(crate) fn project(t: &TestEnv, extra: &str) {
     let busybox = gantry_test::busybox();
     let links: Vec<String> = APPLETS
         .iter()
@@ -47,7 +47,7 @@ env = {{ PATH = "/bin" }}
 }
 
 /// A runtime wrapper that logs each run to `runs.log` and execs runc.
-fn runtime_wrapper(t: &TestEnv) -> PathBuf {
+pub(crate) fn runtime_wrapper(t: &TestEnv) -> PathBuf {
     let runc = require("runc");
     let log = t.path("runs.log");
     let w = t.write(
@@ -62,7 +62,7 @@ fn runtime_wrapper(t: &TestEnv) -> PathBuf {
     w
 }
 
-fn runs(t: &TestEnv) -> usize {
+pub(crate) fn runs(t: &TestEnv) -> usize {
     fs::read_to_string(t.path("runs.log"))
         .map(|s| s.lines().count())
         .unwrap_or(0)
