@@ -1042,6 +1042,19 @@ pub fn clean(ctx: &Context, args: &gantry_cli::CleanArgs) -> Result<CleanReport>
         std::fs::remove_dir_all(out).with_context(|| format!("cannot remove {}", out.display()))?;
         removed.push(out.clone());
     }
+    // Temps that killed builds left beside the outputs (see gantry_store::OutputTemp).
+    let mut dirs: std::collections::BTreeSet<&Path> = project
+        .images
+        .values()
+        .filter_map(|img| img.output.parent())
+        .collect();
+    dirs.insert(&project.settings.output_dir);
+    for d in dirs {
+        removed.extend(
+            gantry_store::remove_dead_temps(d)
+                .with_context(|| format!("cannot clean leftover temps in {}", d.display()))?,
+        );
+    }
     let dir = &project.settings.output_dir;
     if dir.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
         std::fs::remove_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;

@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use gantry_store::Store;
+use gantry_store::{Store, StoreOptions, Wait};
 
 /// How commands report progress and warnings. The binary implements it with progress bars.
 pub trait Reporter: Send + Sync {
@@ -164,9 +164,39 @@ impl Context {
             .unwrap_or(gantry_layer::limits::DEFAULT_MAX_IMAGE_SIZE);
     }
 
-    /// Opens the store.
+    /// Opens the store for a command that writes to it: a read-only store is an error that
+    /// says so (see [`Context::store_for_reading`]).
     pub fn store(&self) -> Result<Store> {
-        Store::open(&self.home)
+        let store = self.store_for_reading()?;
+        if let Some(reason) = store.read_only() {
+            anyhow::bail!(
+                "the store at {} is read-only ({reason}), and this command writes to it; \
+                 inspect, ls, unpack and fsck (without --repair) work on a read-only store",
+                self.home.display()
+            );
+        }
+        Ok(store)
+    }
+
+    /// Opens the store for a command that only reads it, also when it is read-only (a
+    /// read-only mount, or a store its user cannot write); says so if it has to wait for a gc.
+    pub fn store_for_reading(&self) -> Result<Store> {
+        let on_wait = |wait: Wait| {
+            if wait == Wait::ForGc {
+                self.reporter
+                    .event("waiting for gantry gc, which has the store to itself…");
+            }
+        };
+        // A gantry killed during a step leaves its containers running; they are stopped
+        // before its session (which holds their state) is removed.
+        let reporter = Arc::clone(&self.reporter);
+        let options = StoreOptions {
+            on_wait: Some(&on_wait),
+            reaper: Some(Arc::new(move |dir: &Path| {
+                crate::step::reap_containers(reporter.as_ref(), dir);
+            })),
+        };
+        Store::open_with(&self.home, &options)
             .with_context(|| format!("cannot open the store at {}", self.home.display()))
     }
 

@@ -112,7 +112,7 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<InspectReport> {
         Target::LayerInfo(path) => {
             let bytes = std::fs::read(&path)?;
             let info = LayerInfo::parse(&bytes, &path.display().to_string())?;
-            let in_store = ctx.store()?.has(&info.digest);
+            let in_store = ctx.store_for_reading()?.has(&info.digest);
             Ok(InspectReport::Layer(Box::new(LayerReport {
                 media_type: info.media_type,
                 digest: info.digest,

@@ -12,7 +12,7 @@ use gantry_layer::{LayerInfo, LayerOutput, LayerPlan, LayerSource, LayerSpec};
 use gantry_store::Store;
 
 use crate::Context;
-use crate::util::{check_output_file, replace_file, split_pair, write_atomic};
+use crate::util::{check_output_file, split_pair, write_atomic};
 
 /// What `gantry layer` made.
 #[derive(Debug, Clone)]
@@ -223,8 +223,8 @@ pub fn run(ctx: &Context, args: &LayerArgs) -> Result<LayerResult> {
 /// Puts the blob at `dest`, replacing what was there atomically: hard-linked from the store
 /// when on the same filesystem, copied otherwise.
 fn export_blob(store: &Store, info: &LayerInfo, dest: &Path) -> Result<()> {
-    replace_file(dest, |tmp| {
-        store.link_or_copy_out(&info.digest, tmp)?;
-        Ok(())
-    })
+    store
+        .export_blob(&info.digest, dest)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(())
 }

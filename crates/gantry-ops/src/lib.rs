@@ -27,7 +27,8 @@
 //! | `$GANTRY_HOME/cache-v1/<xx>/<key>.json` | `gantry_cache::ActionCache`: layer cache entries, written by [`build`] |
 //! | `$GANTRY_HOME/stat-v1/<scope>` | `gantry_cache::StatCache`: input digests by file state, one file per project |
 //! | `$GANTRY_HOME/rootfs/v2/<alg>-<hex>/rootfs` | `gantry_unpack::RootfsCache`: unpacked images by chain id (every layer verified against its diff_id), for steps and `gantry run`; checked by `gantry fsck` ([`maintenance`]) |
-//! | `$GANTRY_HOME/tmp/s-*` | per-process temp dirs (also step scratch: overlays, bundles), cleaned by the next open |
+//! | `$GANTRY_HOME/tmp/s-*` | per-process temp dirs (also step scratch: overlays, bundles, the runtime's `runtime-state/`), cleaned by the next open after it stops their containers (`step::reap_containers`) |
+//! | `DIR/.NAME.gantry-tmp-*` beside every output | `gantry_store::OutputTemp`: the output being written, locked by its writer; dead ones are removed by the next write to `DIR`, gc and `gantry clean` |
 //! | `gantry.lock` (next to gantry.toml) | `gantry_project::Lock`: pinned tags, written by [`lock`] |
 //! | `$GANTRY_HOME/locks/*.lock` | cross-process locks |
 //! | layer info JSON (`gantry layer --info`) | `gantry_layer::LayerInfo` |

@@ -48,7 +48,7 @@ pub fn run(ctx: &Context, args: &LsArgs, each: &mut dyn FnMut(LsRow)) -> Result<
                 &std::fs::read(&path)?,
                 &path.display().to_string(),
             )?;
-            let store = ctx.store()?;
+            let store = ctx.store_for_reading()?;
             let mut r = BufReader::new(store.open_blob(&info.digest)?);
             let c = compression_of(Some(&info.media_type), &mut r)?;
             list_layer(r, c, &info.digest.to_string(), |entry| {

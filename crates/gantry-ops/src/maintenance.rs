@@ -3,14 +3,20 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use gantry_store::{Finding, FsckOptions, FsckReport, GcOptions, GcReport, Problem};
+use gantry_store::{
+    Finding, FsckOptions, FsckReport, GC_PATIENCE, GcOptions, GcReport, Problem, Wait,
+};
 
 use crate::Context;
 
 /// Runs `gantry fsck`: the store's blobs, refs and temp files, then the rootfs cache's
 /// bookkeeping ([`gantry_unpack::RootfsCache::check`]).
 pub fn fsck(ctx: &Context, repair: bool) -> Result<FsckReport> {
-    let store = ctx.store()?;
+    let store = if repair {
+        ctx.store()?
+    } else {
+        ctx.store_for_reading()?
+    };
     let mut report = store.fsck(&FsckOptions { repair })?;
     let rootfs_dir = store.root().join(crate::step::ROOTFS_CACHE_DIR);
     for issue in gantry_unpack::RootfsCache::check(&rootfs_dir, repair)? {
@@ -41,17 +47,32 @@ pub struct GcResult {
 /// entry refers to.
 pub fn gc(ctx: &Context, dry_run: bool, keep_cache_days: u64) -> Result<GcResult> {
     let mut store = ctx.store()?;
+    // Everything gc decides from is read under its exclusive lock: a build that finishes while
+    // gc waits roots its new blobs in a cache entry, which must be seen.
+    let lock = store.lock_for_gc(GC_PATIENCE, &mut |wait| {
+        if let Wait::ForOthers { others, queued } = wait {
+            ctx.reporter.event(&if queued {
+                format!(
+                    "gc: waiting for {others} other gantry process{} to finish; new ones wait \
+                     until gc is done",
+                    if others == 1 { "" } else { "es" }
+                )
+            } else {
+                format!(
+                    "gc: waiting for {others} other gantry process{} to finish…",
+                    if others == 1 { "" } else { "es" }
+                )
+            });
+        }
+    })?;
+    let root = lock.store().root().to_owned();
     let keep = Duration::from_secs(keep_cache_days.saturating_mul(86_400));
     let now = SystemTime::now();
     let mut roots = Vec::new();
     let mut dropped = 0;
     // Opening the cache creates its bucket; a store without one (or a dry run) must not change.
-    if store
-        .root()
-        .join(gantry_cache::action::CACHE_BUCKET)
-        .is_dir()
-    {
-        let cache = gantry_cache::ActionCache::open(store.root())?;
+    if root.join(gantry_cache::action::CACHE_BUCKET).is_dir() {
+        let cache = gantry_cache::ActionCache::open(&root)?;
         for (_, outputs, last_used) in cache.entries()? {
             if now.duration_since(last_used).unwrap_or_default() <= keep {
                 roots.extend(outputs);
@@ -66,13 +87,13 @@ pub fn gc(ctx: &Context, dry_run: bool, keep_cache_days: u64) -> Result<GcResult
     }
     // Unpacked images unused for as long: gc holds the store's exclusive lock, so no step or
     // `gantry run` is using one.
-    let rootfs_dir = store.root().join(crate::step::ROOTFS_CACHE_DIR);
+    let rootfs_dir = root.join(crate::step::ROOTFS_CACHE_DIR);
     let rootfs_entries_dropped = if rootfs_dir.is_dir() {
         gantry_unpack::RootfsCache::open(&rootfs_dir)?.prune(keep, dry_run)?
     } else {
         0
     };
-    let report = store.gc(&GcOptions {
+    let report = lock.collect(&GcOptions {
         dry_run,
         extra_roots: roots,
     })?;

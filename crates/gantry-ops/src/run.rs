@@ -54,6 +54,9 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
         }
     };
     let store = ctx.store()?;
+    // Container state in the store's session, where the next gantry finds it if this one is
+    // killed.
+    let runtime = runtime.with_state_root(store.session_dir()?.join(step::RUNTIME_STATE_DIR));
     let label = args.image.clone();
     let config = source
         .runnable_config(&store, &label)
@@ -76,19 +79,23 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
     if argv.is_empty() {
         bail!("{label}: the image has no entrypoint or cmd; give a command after `--`");
     }
-    let user_spec = args
-        .user
-        .clone()
-        .unwrap_or_else(|| step::image_user(&config));
-    let mut user =
-        step::resolve_user(&lower, &user_spec).with_context(|| format!("--user {user_spec:?}"))?;
+    // Errors name where the user came from: the flag, or the image's config.
+    let (user_spec, user_source) = match &args.user {
+        Some(u) => (u.clone(), format!("--user {u:?}")),
+        None => {
+            let u = step::image_user(&config);
+            let source = format!("{label}: the image config's User {u:?}");
+            (u, source)
+        }
+    };
+    let mut user = step::resolve_user(&lower, &user_spec).context(user_source)?;
     let rootless = step::rootless_maps()?;
     if rootless.is_some() {
         user.additional_gids.clear();
     }
     let scratch = tempfile::Builder::new()
         .prefix("run-")
-        .tempdir_in(store.session_dir())
+        .tempdir_in(store.session_dir()?)
         .context("cannot create a scratch directory")?;
     let prepared = gantry_runtime::prepare_rootfs(&lower, scratch.path())
         .context("cannot prepare the root filesystem")?;
@@ -159,7 +166,9 @@ pub fn unpack(ctx: &Context, args: &gantry_cli::UnpackArgs) -> Result<String> {
     let failed = || format!("cannot unpack {} into {}", args.image, dest.display());
     // Before any download.
     gantry_unpack::check_destination(&dest).with_context(failed)?;
-    let store = ctx.store()?;
+    // Unpacking reads the store only: it works on a read-only store for an image whose blobs
+    // it already holds (or that is in a layout or archive).
+    let store = ctx.store_for_reading()?;
     let client = crate::registry::client(ctx, None)?;
     let source =
         open_source(ctx, &store, &client, &args.image, platform.as_ref()).with_context(failed)?;

@@ -44,6 +44,33 @@ pub(crate) fn runtime(ctx: &Context) -> Result<Runtime> {
     Ok(Runtime::detect(ctx.runtime.as_deref())?)
 }
 
+/// The runtime's state directory (`--root`) in a store session: every container of the
+/// process lives there, so that the next gantry can stop the containers of one that was killed
+/// (see [`reap_containers`]).
+pub(crate) const RUNTIME_STATE_DIR: &str = "runtime-state";
+
+/// The runtime for this context, keeping its container state in the store's session.
+pub(crate) fn session_runtime(ctx: &Context, store: &Store) -> Result<Runtime> {
+    Ok(runtime(ctx)?.with_state_root(store.session_dir()?.join(RUNTIME_STATE_DIR)))
+}
+
+/// Stops the containers a dead gantry left running in its session `dir` (called before the
+/// store removes the session), and reports them.
+pub(crate) fn reap_containers(reporter: &dyn crate::Reporter, dir: &Path) {
+    match gantry_runtime::reap_state_root(&dir.join(RUNTIME_STATE_DIR)) {
+        Ok(ids) if ids.is_empty() => {}
+        Ok(ids) => reporter.warn(&format!(
+            "stopped {} container(s) that a killed gantry left running: {}",
+            ids.len(),
+            ids.join(", ")
+        )),
+        Err(e) => reporter.warn(&format!(
+            "cannot stop the containers a killed gantry left in {}: {e}",
+            dir.display()
+        )),
+    }
+}
+
 /// The rootfs cache's directory in the store.
 pub(crate) const ROOTFS_CACHE_DIR: &str = "rootfs";
 
@@ -417,7 +444,7 @@ pub(crate) fn run_step(
 ) -> Result<LayerInfo> {
     let s = job.step;
     let label = format!("step.{}", s.name);
-    let runtime = runtime(ctx)?;
+    let runtime = session_runtime(ctx, store)?;
     let lower = cached_rootfs(
         ctx,
         store,
@@ -428,11 +455,15 @@ pub(crate) fn run_step(
     )?;
     let scratch = tempfile::Builder::new()
         .prefix("step-")
-        .tempdir_in(store.session_dir())
+        .tempdir_in(store.session_dir()?)
         .context("cannot create the step's scratch directory")?;
     let prepared = gantry_runtime::prepare_rootfs(&lower, scratch.path())
         .with_context(|| format!("{label}: cannot prepare the root filesystem"))?;
-    let mut user = resolve_user(&lower, &job.user()).with_context(|| format!("{label}: user"))?;
+    let user_source = match &s.user {
+        Some(u) => format!("{label}: user {u:?}"),
+        None => format!("{label}: the base image config's User {:?}", job.user()),
+    };
+    let mut user = resolve_user(&lower, &job.user()).context(user_source)?;
     let rootless = rootless_maps()?;
     if rootless.is_some() {
         // runc refuses supplementary groups in a user namespace it does not own.

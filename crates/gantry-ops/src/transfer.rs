@@ -213,7 +213,11 @@ impl SourceImage {
     ) -> Result<Self> {
         let r = layout.resolve(selector, platform)?;
         let config_bytes = layout.read_blob_verified(&r.manifest.config, json::MAX_CONFIG_SIZE)?;
-        store.put_bytes(&config_bytes)?;
+        // Kept for whatever reads the config from the store; a read-only store (gantry unpack
+        // reads only layers) cannot keep it.
+        if store.read_only().is_none() {
+            store.put_bytes(&config_bytes)?;
+        }
         let layout = Arc::new(layout);
         // A shallow layout leaves out its base's layers; what its base.name annotation names
         // holds them, if that may be trusted.
@@ -294,7 +298,9 @@ fn open_unchecked(
         Transport::DockerArchive { file, reference } => {
             let archive = Arc::new(DockerArchive::open(&file)?);
             let image = archive.image(reference.as_deref())?;
-            store.put_bytes(&image.config_bytes)?;
+            if store.read_only().is_none() {
+                store.put_bytes(&image.config_bytes)?;
+            }
             let manifest = image.manifest();
             let manifest_bytes = json::to_canonical_vec(&manifest);
             Ok(SourceImage {

@@ -1,5 +1,3 @@
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -69,38 +67,11 @@ pub(crate) fn check_output_file(flag: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Puts a file at `path` atomically: `fill` creates it at a temporary name in the same
-/// directory, which is then renamed over `path`. A reader never sees half a file, and a failure
-/// leaves the old file and no temporary behind.
-pub(crate) fn replace_file(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.gantry-tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let result = fill(&tmp).and_then(|()| Ok(fs::rename(&tmp, path)?));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Writes `bytes` to `path` atomically (see [`replace_file`]), fsynced.
+/// Writes `bytes` to `path` atomically and fsynced, through the store's one mechanism for
+/// temps beside outputs ([`gantry_store::write_file_atomic`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_file(path, |tmp| {
-        let mut f = fs::File::create(tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        Ok(())
-    })
+    gantry_store::write_file_atomic(path, bytes, 0o666)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Parses an argv given as a JSON array (`'["a","b"]'`) or as one value per flag.

@@ -13,7 +13,8 @@
 //! - [`Runtime::run`] runs a bundle in the foreground (`<runtime> run`), streams its output
 //!   line by line or inherits the terminal, tells "the runtime could not start the container"
 //!   ([`Error::Start`]) from "the process exited non-zero" (`Ok(ExitStatus)`), and always
-//!   deletes the container.
+//!   deletes the container. [`stop_running`] stops every container the process runs (for the
+//!   program's SIGINT/SIGTERM handler), and [`reap_state_root`] those a dead process left.
 //! - [`prepare_rootfs`] gives a step a writable root over a read-only cached rootfs: overlayfs
 //!   (its upper dir is the step's diff) when the kernel allows it, else a copy.
 //!
@@ -33,7 +34,7 @@ pub use bundle::{
 };
 pub use detect::{Detection, Runtime, RuntimeKind, Skipped};
 pub use rootfs::{PreparedRootfs, RootfsKind, copy_rootfs, prepare_rootfs};
-pub use run::{ExitStatus, Stdio, Stream, container_id};
+pub use run::{ExitStatus, Stdio, Stream, container_id, reap_state_root, stop_running};
 
 /// How to get a runtime, appended to every "not found" error.
 pub const INSTALL_HINT: &str =
@@ -77,6 +78,9 @@ pub enum Error {
         /// The runtime's own error messages.
         message: String,
     },
+    /// [`stop_running`] was called (the program is being interrupted): no container starts.
+    #[error("interrupted: no container is started any more")]
+    Interrupted,
     /// The run spec cannot be turned into a bundle.
     #[error("invalid run spec: {0}")]
     InvalidSpec(String),

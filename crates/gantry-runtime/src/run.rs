@@ -8,8 +8,8 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::detect::Runtime;
@@ -124,6 +124,93 @@ fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The containers this process is running now (runtime, state root, id), for
+/// [`stop_running`].
+static RUNNING: Mutex<Vec<(PathBuf, PathBuf, String)>> = Mutex::new(Vec::new());
+/// Set by [`stop_running`]: no new container starts in this process afterwards.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+fn running() -> std::sync::MutexGuard<'static, Vec<(PathBuf, PathBuf, String)>> {
+    RUNNING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Stops every container this process is running (`delete --force`: SIGKILL to all its
+/// processes), and keeps any more from starting: [`Runtime::run`] then fails with
+/// [`Error::Interrupted`]. For a signal handler (SIGINT, SIGTERM) of the program, so that
+/// dying does not leave containers behind; the [`Runtime::run`] calls then return as their
+/// containers end. Safe to call repeatedly, from any thread. Returns how many containers it
+/// found running.
+pub fn stop_running() -> usize {
+    STOPPING.store(true, Ordering::SeqCst);
+    let containers = running().clone();
+    for (runtime, state, id) in &containers {
+        let out = Command::new(runtime)
+            .arg("--root")
+            .arg(state)
+            .args(["delete", "--force", id])
+            .stdin(std::process::Stdio::null())
+            .output();
+        tracing::debug!(id, ?out, "stopped a running container");
+    }
+    containers.len()
+}
+
+/// The file beside a state root that names the runtime that uses it, so that
+/// [`reap_state_root`] can stop the containers of a process that died.
+fn runtime_marker(state: &Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".runtime");
+    state.with_file_name(name)
+}
+
+/// Stops and deletes every container whose state is in `state` (a `--root` directory that
+/// [`Runtime::run`] used, in a process that died without cleaning up), with the runtime that
+/// ran them. A `gantry` killed with SIGKILL during a step leaves `runc run` and its container
+/// running; this is what stops them before the state directory is removed (without the
+/// state, the runtime no longer knows the container). Returns the ids of the containers it
+/// deleted.
+pub fn reap_state_root(state: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(state) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", state.display()), e)),
+    };
+    let ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|id| validate_id(id).is_ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let marker = runtime_marker(state);
+    let runtime = fs::read_to_string(&marker)
+        .map_err(|e| Error::io(format!("reading {}", marker.display()), e))?;
+    let runtime = PathBuf::from(runtime.trim_end_matches('\n'));
+    let mut deleted = Vec::new();
+    for id in ids {
+        let out = Command::new(&runtime)
+            .arg("--root")
+            .arg(state)
+            .args(["delete", "--force", &id])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| Error::io(format!("running {} delete", runtime.display()), e))?;
+        if out.status.success() {
+            tracing::debug!(id, "deleted a dead process's container");
+            deleted.push(id);
+        } else {
+            tracing::warn!(
+                "cannot delete the container {id} left in {}: {}",
+                state.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(deleted)
+}
+
 /// Lines of the longest kept tail of the runtime's stderr for error messages.
 const TAIL_LINES: usize = 20;
 /// Longer lines are passed on in pieces of this size.
@@ -140,6 +227,7 @@ struct Cleanup<'a> {
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
+        running().retain(|(_, state, id)| !(state == &self.state && id == self.id));
         if self.state.join(self.id).exists() {
             tracing::debug!(id = self.id, "deleting the container");
             if let Err(e) = self.runtime.delete_in(&self.state, self.id) {
@@ -192,6 +280,11 @@ impl Runtime {
             .map_err(|e| Error::io("resolving the state directory", e))?;
         fs::create_dir_all(&state)
             .map_err(|e| Error::io(format!("creating {}", state.display()), e))?;
+        let marker = runtime_marker(&state);
+        if !marker.exists() {
+            fs::write(&marker, self.path().as_os_str().as_encoded_bytes())
+                .map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+        }
         let log = bundle.join(format!("{id}.runtime-log"));
         let pid = bundle.join(format!("{id}.pid"));
         for f in [&log, &pid] {
@@ -202,12 +295,18 @@ impl Runtime {
                 _ => {}
             }
         }
+        // Registered before the runtime starts, so that a signal handler's stop_running sees
+        // it from the start; and refused once that has run.
+        running().push((self.path().to_owned(), state.clone(), id.to_owned()));
         let _cleanup = Cleanup {
             runtime: self,
             state: state.clone(),
             id,
             files: [log.clone(), pid.clone()],
         };
+        if STOPPING.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
 
         let mut cmd = self.command(&state);
         let mut log_arg = std::ffi::OsString::from("--log=");

@@ -133,7 +133,8 @@ fn args_and_output_are_captured() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     left.sort();
-    assert_eq!(left, ["config.json", "state"]);
+    // state.runtime names the runtime that uses `state`, for reap_state_root.
+    assert_eq!(left, ["config.json", "state", "state.runtime"]);
 }
 
 #[test]
@@ -1000,4 +1001,45 @@ fn terminal_child() {
         .run(&dir.join("b"), &container_id("tty"), Stdio::Inherit)
         .unwrap();
     assert_eq!(status, ExitStatus::Exited(3));
+}
+
+/// A container whose process died without deleting it (gantry killed with SIGKILL) is stopped
+/// and deleted by reap_state_root, with the runtime recorded beside its state.
+#[test]
+fn reap_state_root_stops_the_containers_a_dead_process_left() {
+    let rt = runc();
+    let t = tmp();
+    let rootfs = busybox_rootfs(t.path());
+    let state = t.path().join("state");
+    let bundle = t.path().join("b");
+    write_bundle(&bundle, &spec(&rootfs, "sleep 600")).unwrap();
+    // Started outside Runtime::run, as a killed gantry leaves it: `runc run --detach`.
+    fs::write(
+        t.path().join("state.runtime"),
+        rt.path().as_os_str().as_encoded_bytes(),
+    )
+    .unwrap();
+    // Its stdio goes nowhere: a pipe would be held open by the detached container.
+    let status = Command::new(rt.path())
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle)
+        .arg("orphan")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rt = rt.with_state_root(&state);
+    assert_eq!(rt.list(&bundle).unwrap(), ["orphan"]);
+    let started = Instant::now();
+    assert_eq!(gantry_runtime::reap_state_root(&state).unwrap(), ["orphan"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it was stopped, not awaited"
+    );
+    assert!(rt.list(&bundle).unwrap().is_empty());
+    assert!(gantry_runtime::reap_state_root(&state).unwrap().is_empty());
 }

@@ -81,6 +81,28 @@ pub enum Error {
         /// The digest of the bytes we saw.
         actual: Digest,
     },
+    /// A path read as a file that is something else: a FIFO, a device, a socket, a directory
+    /// (see [`crate::open_regular`]).
+    #[error("{} is {kind}, not a regular file", path.display())]
+    NotRegularFile {
+        /// The path (as given; a symlink is followed).
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A write to a store that was opened read-only (see [`crate::Store::read_only`]).
+    #[error(
+        "cannot {action}: the store at {} is read-only ({reason}); this command needs write access to it",
+        root.display()
+    )]
+    ReadOnlyStore {
+        /// The store root.
+        root: PathBuf,
+        /// What needed writing.
+        action: &'static str,
+        /// Why it is read-only.
+        reason: String,
+    },
     /// A file larger than the cap for its kind.
     #[error("{} is larger than the limit of {limit} bytes", path.display())]
     TooLarge {

@@ -9,7 +9,7 @@ use gantry_oci::{Algorithm, Digest};
 
 use crate::fsutil::{fsync_dir, hash_file, is_real_dir, list_dir, remove_any};
 use crate::gc::{WalkIssue, digest_of_path};
-use crate::session::leftovers;
+use crate::session::{leftovers, remove_leftover};
 use crate::{Error, Result, Store};
 
 /// What [`Store::fsck`] should do.
@@ -105,7 +105,7 @@ impl fmt::Display for Problem {
                 missing,
             } => write!(
                 f,
-                "ref {kind}/{name} needs blob {missing}, which is missing"
+                "{kind} ref {name} needs blob {missing}, which is missing"
             ),
             Problem::UnreadableDocument {
                 kind,
@@ -114,7 +114,7 @@ impl fmt::Display for Problem {
                 reason,
             } => write!(
                 f,
-                "ref {kind}/{name} reaches {digest}, which cannot be read: {reason}"
+                "{kind} ref {name} reaches {digest}, which cannot be read: {reason}"
             ),
             Problem::CorruptRef { path, reason } => {
                 write!(f, "ref file {} is corrupt: {reason}", path.display())
@@ -151,6 +151,11 @@ impl FsckReport {
         self.findings.is_empty()
     }
 
+    /// The problems found and not repaired: what still needs attention.
+    pub fn unrepaired(&self) -> usize {
+        self.findings.iter().filter(|f| !f.repaired).count()
+    }
+
     fn found(&mut self, problem: Problem, repaired: bool) {
         self.findings.push(Finding { problem, repaired });
     }
@@ -162,6 +167,9 @@ impl Store {
     /// removes corrupt blobs, stray files and leftovers, and fixes writable modes; missing
     /// blobs and corrupt refs are only reported.
     pub fn fsck(&self, options: &FsckOptions) -> Result<FsckReport> {
+        if options.repair {
+            self.require_writable("repair it")?;
+        }
         let mut report = FsckReport::default();
         self.check_blobs(options.repair, &mut report)?;
         self.check_refs(&mut report)?;
@@ -252,9 +260,13 @@ impl Store {
 
     fn check_tmp(&self, repair: bool, report: &mut FsckReport) -> Result<()> {
         let _lock = self.lock_tmp()?;
-        for path in leftovers(&self.tmp_dir(), self.session_dir())? {
+        let tmp = self.tmp_dir();
+        if !tmp.is_dir() {
+            return Ok(());
+        }
+        for path in leftovers(&tmp, self.own_session())? {
             if repair {
-                remove_any(&path)?;
+                remove_leftover(&path, self.reaper())?;
             }
             report.found(Problem::LeftoverTemp { path }, repair);
         }

@@ -6,7 +6,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use gantry_oci::{Algorithm, Digest, HashingReader};
-use rustix::fs::{CWD, RenameFlags, renameat_with};
+use rustix::fs::{CWD, OFlags, RenameFlags, fcntl_getfl, fcntl_setfl, renameat_with};
 use rustix::io::Errno;
 
 use crate::{Error, Result};
@@ -44,9 +44,71 @@ pub(crate) fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()>
         .map_err(|e| Error::io("write", path, e))
 }
 
-/// Reads a whole file, refusing files larger than `limit`.
+/// Opens `path` for reading if it is a regular file (symlinks are followed), and never blocks
+/// doing so: the file is opened with `O_NONBLOCK | O_NOCTTY`, checked with `fstat`, and only a
+/// regular file is kept (with `O_NONBLOCK` cleared again). A FIFO, a device, a socket or a
+/// directory is [`Error::NotRegularFile`]; a missing path is [`Error::Io`] with the kind
+/// `NotFound`. Every file gantry reads from a layout, an archive or the store is opened this
+/// way, so a FIFO planted in their place cannot hang a command and `/dev/zero` cannot feed it
+/// endless bytes.
+pub fn open_regular(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::NotRegularFile {
+            path: path.to_owned(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
+    let flags = fcntl_getfl(&file).map_err(|e| Error::io("read the flags of", path, e.into()))?;
+    fcntl_setfl(&file, flags - OFlags::NONBLOCK)
+        .map_err(|e| Error::io("set the flags of", path, e.into()))?;
+    Ok(file)
+}
+
+/// [`open_regular`], with a missing path (or a symlink to one) as `Ok(None)`.
+pub(crate) fn open_regular_if_exists(path: &Path) -> Result<Option<File>> {
+    match open_regular(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a file that is not a regular file is, for messages.
+pub(crate) fn file_kind(ft: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else if ft.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
+/// Reads a whole regular file (see [`open_regular`]), refusing files larger than `limit`.
 pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let file = open_regular(path)?;
+    read_file_capped(file, path, limit)
+}
+
+/// Reads the rest of an open file, refusing more than `limit` bytes; `path` names it in errors.
+pub(crate) fn read_file_capped(file: File, path: &Path, limit: u64) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -60,9 +122,9 @@ pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Hashes a file's content with `algorithm`.
+/// Hashes a regular file's content with `algorithm`.
 pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> Result<Digest> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let file = open_regular(path)?;
     let mut reader = HashingReader::new(file, algorithm);
     io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io("read", path, e))?;
     Ok(reader.finish().1)

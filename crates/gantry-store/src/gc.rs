@@ -1,15 +1,18 @@
 //! Garbage collection: removing blobs that no ref (or extra root) reaches.
 
-use std::collections::HashSet;
-use std::fs;
-use std::path::Path;
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gantry_oci::json::MAX_MANIFEST_SIZE;
 use gantry_oci::{Descriptor, Digest, Document, media_types as mt, parse_document};
 
+use crate::beside::{dead_temps, remove_dead_temps};
 use crate::fsutil::{fsync_dir, is_real_dir, list_dir};
 use crate::session::remove_leftovers;
-use crate::{Error, RefEntry, Result, Store};
+use crate::{Error, RefEntry, Result, Store, Wait};
 
 /// What [`Store::gc`] should do.
 #[derive(Debug, Clone, Default)]
@@ -20,13 +23,51 @@ pub struct GcOptions {
     pub extra_roots: Vec<Descriptor>,
 }
 
+/// How long a gc lets new processes open the store while it waits for the ones already open,
+/// before it takes its turn and makes new ones wait behind it.
+pub const GC_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The store locked for collection ([`Store::lock_for_gc`]): no other process has it open, and
+/// none can open it, until this is dropped (which trades the lock back for a shared one).
+/// Read the roots that live outside the store (caches) now, then [`GcLock::collect`].
+#[derive(Debug)]
+pub struct GcLock<'s> {
+    store: &'s mut Store,
+    _intent: Option<File>,
+}
+
+impl GcLock<'_> {
+    /// The store.
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Removes every blob not reachable from a ref or from `options.extra_roots` (see
+    /// [`Store::gc`]), and releases the lock.
+    pub fn collect(self, options: &GcOptions) -> Result<GcReport> {
+        self.store.collect(options)
+    }
+}
+
+impl Drop for GcLock<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.lock_gc_shared() {
+            tracing::warn!("cannot take the store's shared lock again: {e}");
+        }
+    }
+}
+
 /// What [`Store::gc`] did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
     /// Blobs removed.
     pub removed_blobs: u64,
-    /// Bytes in the removed blobs.
+    /// Bytes freed by removing blobs: only blobs with no other hard link count, since a blob
+    /// that an output outside the store still links to keeps its space.
     pub removed_bytes: u64,
+    /// Bytes of removed blobs that are still hard-linked from outside the store (an output
+    /// layout without a ref, a user's link), so removing them freed nothing.
+    pub still_linked_bytes: u64,
     /// Blobs kept.
     pub kept_blobs: u64,
     /// Bytes in the kept blobs.
@@ -35,6 +76,10 @@ pub struct GcReport {
     pub dropped_refs: Vec<RefEntry>,
     /// Leftover entries removed from `tmp/`.
     pub removed_temp: u64,
+    /// Temps beside outputs that dead processes left (in the directories of the outputs that
+    /// refs name), removed (or that would be, in a dry run) before the sweep, so the space
+    /// their hard links hold is freed with the blobs.
+    pub removed_output_temps: Vec<PathBuf>,
 }
 
 /// A problem met while walking the blobs reachable from some roots.
@@ -56,19 +101,48 @@ impl Store {
     /// stops the collection before anything is removed (the roots or children cannot be known);
     /// `fsck` reports both.
     pub fn gc(&mut self, options: &GcOptions) -> Result<GcReport> {
-        self.lock_gc_exclusive()?;
-        let result = self.collect(options);
-        let relocked = self.lock_gc_shared();
-        let report = result?;
-        relocked?;
-        Ok(report)
+        self.lock_for_gc(GC_PATIENCE, &mut |_| {})?.collect(options)
+    }
+
+    /// Locks the store for collection: trades this store's shared `gc.lock` for an exclusive
+    /// one, so it waits until every other open [`Store`] (in any process) is dropped, and
+    /// stores opened meanwhile wait for it. For `patience` it lets new processes in while it
+    /// waits; then it takes its turn (`locks/gc-intent.lock`), so that a steady stream of new
+    /// processes cannot starve it. `on_wait` hears whenever the number of processes it waits
+    /// for changes. Everything a collection decides from (refs, and roots outside the store
+    /// such as cache entries) must be read under this lock, or a process that finishes
+    /// meanwhile could root a blob the collection then removes.
+    pub fn lock_for_gc(
+        &mut self,
+        patience: Duration,
+        on_wait: &mut dyn FnMut(Wait),
+    ) -> Result<GcLock<'_>> {
+        let intent = match self.lock_gc_exclusive(patience, on_wait) {
+            Ok(intent) => intent,
+            Err(e) => {
+                // Whatever happened, hold the shared lock again, as an open store must.
+                let _ = self.lock_gc_shared();
+                return Err(e);
+            }
+        };
+        Ok(GcLock {
+            store: self,
+            _intent: intent,
+        })
     }
 
     /// The collection proper. Call with `gc.lock` held exclusively.
     fn collect(&self, options: &GcOptions) -> Result<GcReport> {
         let mut report = GcReport::default();
-        let (live_roots, stale) = self.read_roots(options.dry_run)?;
+        let (live_roots, stale, output_dirs) = self.read_roots(options.dry_run)?;
         report.dropped_refs = stale;
+        for dir in output_dirs {
+            report.removed_output_temps.extend(if options.dry_run {
+                dead_temps(&dir)?
+            } else {
+                remove_dead_temps(&dir)?
+            });
+        }
         let mut roots = options.extra_roots.clone();
         roots.extend(live_roots);
 
@@ -80,20 +154,30 @@ impl Store {
 
         if !options.dry_run {
             let _lock = self.lock_tmp()?;
-            report.removed_temp = remove_leftovers(&self.tmp_dir(), self.session_dir())?;
+            report.removed_temp =
+                remove_leftovers(&self.tmp_dir(), self.session_dir()?, self.reaper())?;
         }
         Ok(report)
     }
 
-    /// Reads every ref under `refs.lock`. Returns the descriptors of the live ones and the
-    /// indirect refs whose path is gone, which are removed unless `dry_run`. Nothing is removed
-    /// if any ref file is unreadable.
-    fn read_roots(&self, dry_run: bool) -> Result<(Vec<Descriptor>, Vec<RefEntry>)> {
+    /// Reads every ref under `refs.lock`. Returns the descriptors of the live ones, the
+    /// indirect refs whose path is gone (removed unless `dry_run`), and the directories that
+    /// hold the paths of indirect refs, live or not (where outputs are written). Nothing is
+    /// removed if any ref file is unreadable.
+    #[allow(clippy::type_complexity)]
+    fn read_roots(
+        &self,
+        dry_run: bool,
+    ) -> Result<(Vec<Descriptor>, Vec<RefEntry>, BTreeSet<PathBuf>)> {
         let _lock = self.lock_refs()?;
         let mut live = Vec::new();
         let mut stale = Vec::new();
+        let mut dirs = BTreeSet::new();
         for (path, entry) in self.ref_files()? {
             let entry = entry?;
+            if let Some(dir) = entry.path.as_deref().and_then(Path::parent) {
+                dirs.insert(dir.to_owned());
+            }
             if entry.is_stale() {
                 stale.push((path, entry));
             } else {
@@ -108,7 +192,7 @@ impl Store {
             }
             dropped.push(entry);
         }
-        Ok((live, dropped))
+        Ok((live, dropped, dirs))
     }
 
     /// Removes (unless `dry_run`) the blobs not in `reachable`, counting both sides. Files
@@ -140,7 +224,11 @@ impl Store {
                     removed_any = true;
                 }
                 report.removed_blobs += 1;
-                report.removed_bytes += meta.len();
+                if meta.nlink() > 1 {
+                    report.still_linked_bytes += meta.len();
+                } else {
+                    report.removed_bytes += meta.len();
+                }
             }
             if removed_any {
                 fsync_dir(&alg_dir)?;
@@ -348,6 +436,94 @@ mod tests {
         let store = gc_thread.join().unwrap();
         // The shared lock is back, so a new store opens without waiting.
         let _again = Store::open(store.root()).unwrap();
+    }
+
+    /// gc reported blobs as freed that a dead writer's leftover temp (beside an output) or
+    /// another hard link still held.
+    #[test]
+    fn regression_gc_counted_hard_linked_blobs_as_freed() {
+        let (dir, mut store) = open_store();
+        let outputs = tempfile::tempdir().unwrap();
+        let out = outputs.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let kept = put_image(&store, &[b"kept layer"]);
+        store
+            .set_ref("image", "out", &kept.manifest, Some(&out))
+            .unwrap();
+        // A layout write killed half-way: its temp hard-links a blob no ref reaches.
+        let in_temp = store.put_bytes(&[1u8; 1000]).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let leftover = outputs
+            .path()
+            .join(format!(".out.gantry-tmp-{dead_pid}-7-abcdefgh"));
+        fs::create_dir_all(leftover.join("blobs/sha256")).unwrap();
+        fs::hard_link(
+            store.blob_path(&in_temp),
+            leftover.join("blobs/sha256").join(in_temp.hex()),
+        )
+        .unwrap();
+        // Another unreachable blob that a user linked elsewhere.
+        let linked = store.put_bytes(&[2u8; 300]).unwrap();
+        let user_link = dir.path().join("user-link");
+        fs::hard_link(store.blob_path(&linked), &user_link).unwrap();
+
+        let dry = store
+            .gc(&GcOptions {
+                dry_run: true,
+                extra_roots: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(dry.removed_output_temps, vec![leftover.clone()]);
+        assert!(leftover.exists(), "a dry run removes nothing");
+
+        let report = store.gc(&GcOptions::default()).unwrap();
+        assert_eq!(report.removed_output_temps, vec![leftover.clone()]);
+        assert!(!leftover.exists());
+        assert_eq!(report.removed_blobs, 2);
+        assert_eq!(report.removed_bytes, 1000, "only the temp's blob is freed");
+        assert_eq!(report.still_linked_bytes, 300);
+        assert!(user_link.exists(), "a user's link is not gc's to remove");
+        assert!(kept.all().iter().all(|d| store.has(d)));
+    }
+
+    #[test]
+    fn a_process_that_has_the_store_open_does_not_queue_behind_a_gc() {
+        let (dir, mut store) = open_store();
+        let root = dir.path().to_owned();
+        let open_here = Store::open(&root).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&waits);
+        let gc_thread = std::thread::spawn(move || {
+            // No patience: it takes its turn at once.
+            let lock = store
+                .lock_for_gc(Duration::ZERO, &mut |w| seen.lock().unwrap().push(w))
+                .unwrap();
+            let report = lock.collect(&GcOptions::default()).is_ok();
+            tx.send(report).unwrap();
+            store
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            waits.lock().unwrap().as_slice(),
+            [Wait::ForOthers {
+                others: 1,
+                queued: true
+            }]
+        );
+        // This process has the store open (gc waits for it): opening it again must not queue
+        // behind gc, or nothing could ever finish.
+        let nested = crate::test_support::within(20, {
+            let root = root.clone();
+            move || Store::open(&root).map(drop).is_ok()
+        });
+        assert!(nested);
+        assert!(rx.try_recv().is_err(), "gc still waits for the open store");
+        drop(open_here);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(true));
+        let _store = gc_thread.join().unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -29,10 +29,13 @@ use gantry_oci::{
     parse_document, parse_index,
 };
 use serde::{Deserialize, Serialize};
-use tempfile::TempDir;
 
 use crate::archive::ArchiveSource;
-use crate::fsutil::{exchange, fsync_dir, read_capped, rename_noreplace, write_new_file};
+use crate::beside::OutputTemp;
+use crate::fsutil::{
+    exchange, fsync_dir, open_regular, open_regular_if_exists, read_file_capped, rename_noreplace,
+    write_new_file,
+};
 use crate::{Error, Result, Store};
 
 /// How many indexes may be nested inside each other before resolution gives up.
@@ -132,22 +135,25 @@ struct DirSource {
 impl LayoutSource for DirSource {
     fn read_small(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         let path = self.dir.join(rel);
-        if !path.is_file() {
-            return Ok(None);
+        match open_regular_if_exists(&path)? {
+            Some(file) => read_file_capped(file, &path, limit).map(Some),
+            None if fs::symlink_metadata(&path).is_ok() => Err(Error::NotALayout {
+                path: self.dir.clone(),
+                reason: format!("its {rel} is a symlink to a missing file"),
+            }),
+            None => Ok(None),
         }
-        read_capped(&path, limit).map(Some)
     }
 
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>> {
         let path = self.dir.join(digest.blob_path());
-        match File::open(&path) {
-            Ok(file) => Ok(Box::new(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::LayoutBlobNotFound {
+        match open_regular_if_exists(&path)? {
+            Some(file) => Ok(Box::new(file)),
+            None => Err(Error::LayoutBlobNotFound {
                 what: self.describe(),
                 digest: digest.clone(),
                 looked_for: path.display().to_string(),
             }),
-            Err(e) => Err(Error::io("open", &path, e)),
         }
     }
 
@@ -487,35 +493,20 @@ pub trait ImageWriter {
 #[derive(Debug)]
 pub struct LayoutWriter {
     final_dir: PathBuf,
-    temp: TempDir,
+    temp: OutputTemp,
     blobs: HashSet<Digest>,
     manifests: Vec<Descriptor>,
 }
 
 impl LayoutWriter {
     /// Starts a layout that [`LayoutWriter::commit`] will put at `final_dir`. The temp
-    /// directory is `.{basename}.gantry-tmp-<random>` in the same parent, so the final move is
-    /// a rename on one filesystem.
+    /// directory is an [`OutputTemp`] (`.{basename}.gantry-tmp-<owner>-<random>` in the same
+    /// parent, locked while it lives), so the final move is a rename on one filesystem and a
+    /// temp left by a killed writer is recognised and removed later.
     pub fn new(final_dir: &Path) -> Result<LayoutWriter> {
         let final_dir =
             std::path::absolute(final_dir).map_err(|e| Error::io("resolve", final_dir, e))?;
-        let invalid = |reason| Error::InvalidOutputPath {
-            path: final_dir.clone(),
-            reason,
-        };
-        let name = final_dir
-            .file_name()
-            .ok_or_else(|| invalid("it does not end in a directory name"))?;
-        let parent = final_dir
-            .parent()
-            .ok_or_else(|| invalid("it has no parent directory"))?;
-        let mut prefix = std::ffi::OsString::from(".");
-        prefix.push(name);
-        prefix.push(".gantry-tmp-");
-        let temp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .tempdir_in(parent)
-            .map_err(|e| Error::io("create a temp directory in", parent, e))?;
+        let temp = OutputTemp::dir(&final_dir, 0o700)?;
         fs::set_permissions(temp.path(), Permissions::from_mode(0o755))
             .map_err(|e| Error::io("chmod", temp.path(), e))?;
         let version_path = temp.path().join(OCI_LAYOUT_FILE);
@@ -558,7 +549,7 @@ impl LayoutWriter {
         if self.blobs.contains(&desc.digest) {
             return Ok(());
         }
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let file = open_regular(path)?;
         // Name the digest too: a size mismatch error names only this source.
         let source = format!("blob {} at {}", desc.digest, path.display());
         self.copy_blob(file, desc, &source)
@@ -651,25 +642,50 @@ impl LayoutWriter {
     }
 
     /// Moves the finished temp directory to the destination (see [`LayoutWriter::commit`]).
+    ///
+    /// Other writers of the same output may create, replace or remove it at any moment, so
+    /// nothing is decided from a look beforehand: the move is tried without replacing, and a
+    /// destination that exists then (`EEXIST`, also when it appeared a moment ago) is swapped
+    /// with atomically, as an earlier output is. One that vanishes before the swap is moved to
+    /// again.
     fn move_into_place(self) -> Result<()> {
         let LayoutWriter {
             final_dir, temp, ..
         } = self;
-        match fs::symlink_metadata(&final_dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                rename_noreplace(temp.path(), &final_dir)
-                    .map_err(|e| Error::io("move the new layout to", &final_dir, e))?;
-                let _ = temp.keep();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match rename_noreplace(temp.path(), &final_dir) {
+                Ok(()) => {
+                    let _ = temp.keep();
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("move the new layout to", &final_dir, e)),
             }
-            Err(e) => return Err(Error::io("stat", &final_dir, e)),
-            Ok(meta) if meta.is_dir() && may_replace(&final_dir)? => {
-                swap(temp.path(), &final_dir)?;
-                // The temp path now holds the old layout.
-                let old = temp.keep();
-                fs::remove_dir_all(&old)
-                    .map_err(|e| Error::io("remove the replaced layout at", &old, e))?;
+            let meta = match fs::symlink_metadata(&final_dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 10 => continue,
+                Err(e) => return Err(Error::io("stat", &final_dir, e)),
+                Ok(meta) => meta,
+            };
+            if !(meta.is_dir() && may_replace(&final_dir)?) {
+                return Err(Error::RefuseToReplace { path: final_dir });
             }
-            Ok(_) => return Err(Error::RefuseToReplace { path: final_dir }),
+            match swap(temp.path(), &final_dir) {
+                Ok(()) => {
+                    // The temp path now holds the old layout.
+                    let old = temp.keep();
+                    fs::remove_dir_all(&old)
+                        .map_err(|e| Error::io("remove the replaced layout at", &old, e))?;
+                    break;
+                }
+                Err(Error::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempts < 10 =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         }
         match final_dir.parent() {
             Some(parent) => fsync_dir(parent),

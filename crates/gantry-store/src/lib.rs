@@ -5,6 +5,9 @@
 //!   into place without replacing, and the directory is fsynced ([`BlobWriter`]).
 //! - Sessions: every open [`Store`] owns a locked `tmp/s-*` directory for its temp files; the
 //!   leftovers of dead processes are removed by the next [`Store::open`].
+//! - Outputs ([`OutputTemp`]): every output (layout, archive, blob or JSON file) is written to a
+//!   temp beside it, named after and locked by its owner, and moved into place at the end; the
+//!   temps of dead processes are removed by the next write there, by gc and by `gantry clean`.
 //! - Refs ([`RefEntry`]): named GC roots, optionally tied to a path that must keep existing.
 //! - [`Store::gc`] and [`Store::fsck`]: collection of unreachable blobs and integrity checks.
 //! - [`Layout`] and [`LayoutWriter`]: reading (with verification and platform resolution) and
@@ -15,7 +18,10 @@
 //!   [`ImageWriter`] is what every output writer offers.
 //!
 //! Locking: every open store holds `locks/gc.lock` shared for its lifetime and GC takes it
-//! exclusively, so GC never runs while another process may rely on a blob it has not yet rooted.
+//! exclusively, so GC never runs while another process may rely on a blob it has not yet rooted;
+//! GC reads its roots only once it holds it. A GC that has waited [`GC_PATIENCE`] takes
+//! `locks/gc-intent.lock` exclusively, which every open passes through, so new processes queue
+//! behind it instead of starving it.
 //! `locks/refs.lock` serialises ref updates and `locks/tmp.lock` serialises session creation
 //! with the cleanup of dead sessions. All locks are `flock`s via std's `File::lock`, released by
 //! the kernel when a process dies.
@@ -23,6 +29,7 @@
 //! The library never prints; it logs at debug level through `tracing`.
 
 mod archive;
+mod beside;
 mod error;
 mod fsck;
 mod fsutil;
@@ -38,11 +45,13 @@ pub use archive::{
     DockerArchive, DockerArchiveWriter, DockerImage, DockerLayer, DockerManifestEntry,
     OciArchiveWriter,
 };
+pub use beside::{OutputTemp, dead_temps, remove_dead_temps, write_file_atomic};
 pub use error::{Error, Result};
 pub use fsck::{Finding, FsckOptions, FsckReport, Problem};
-pub use gc::{GcOptions, GcReport};
+pub use fsutil::open_regular;
+pub use gc::{GC_PATIENCE, GcLock, GcOptions, GcReport};
 pub use layout::{
     ImageWriter, Layout, LayoutSource, LayoutWriter, MAX_INDEX_DEPTH, Resolved, Selector,
 };
 pub use refs::RefEntry;
-pub use store::{BlobWriter, LinkKind, Store};
+pub use store::{BlobWriter, LinkKind, Reaper, Store, StoreOptions, Wait};

@@ -68,7 +68,7 @@ impl Store {
     ) -> Result<()> {
         validate_kind(kind)?;
         validate_name(name)?;
-        target.validate(&format!("target of ref {kind}/{name}"))?;
+        target.validate(&format!("target of {kind} ref {name}"))?;
         let file = RefFile {
             name: name.to_owned(),
             descriptor: target.clone(),

@@ -6,12 +6,12 @@
 //! without a lock file is one whose creator died half-way, never one being created right now.
 
 use std::fs::{self, File, TryLockError};
-use std::io;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use crate::fsutil::remove_any;
+use crate::fsutil::{open_regular_if_exists, remove_any};
+use crate::store::Reaper;
 use crate::{Error, Result};
 
 /// Prefix of session directory names.
@@ -48,12 +48,12 @@ impl Session {
 /// The entries of `tmp` that belong to no live session: the directories of dead sessions and
 /// anything else that is not a session directory. `own` is never listed. Call with `tmp.lock`
 /// held.
-pub(crate) fn leftovers(tmp: &Path, own: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn leftovers(tmp: &Path, own: Option<&Path>) -> Result<Vec<PathBuf>> {
     let entries = fs::read_dir(tmp).map_err(|e| Error::io("list", tmp, e))?;
     let mut found = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| Error::io("list", tmp, e))?.path();
-        if path != own && !is_live_session(&path)? {
+        if Some(path.as_path()) != own && !is_live_session(&path)? {
             found.push(path);
         }
     }
@@ -61,22 +61,33 @@ pub(crate) fn leftovers(tmp: &Path, own: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Removes what [`leftovers`] found. Returns how many entries were removed.
-pub(crate) fn remove_leftovers(tmp: &Path, own: &Path) -> Result<u64> {
+/// Removes what [`leftovers`] found (see [`remove_leftover`]). Returns how many entries were
+/// removed.
+pub(crate) fn remove_leftovers(tmp: &Path, own: &Path, reaper: Option<&Reaper>) -> Result<u64> {
     let mut removed = 0;
-    for path in leftovers(tmp, own)? {
-        tracing::debug!(path = %path.display(), "removing leftover temp entry");
-        // A process killed during a build step can leave its overlay mounted here: detach it
-        // first, or the removal would walk into the mount and then fail on the busy mount
-        // point.
-        unmount_under(&path);
+    for path in leftovers(tmp, Some(own))? {
         // A leftover that cannot be removed must not stop the store from opening.
-        match remove_any(&path) {
+        match remove_leftover(&path, reaper) {
             Ok(()) => removed += 1,
             Err(e) => tracing::warn!("cannot remove the leftover {}: {e}", path.display()),
         }
     }
     Ok(removed)
+}
+
+/// Removes one leftover of `tmp/`: first `reaper` stops what the dead process left running
+/// there (its containers), then its mounts are detached, then it is deleted.
+pub(crate) fn remove_leftover(path: &Path, reaper: Option<&Reaper>) -> Result<()> {
+    tracing::debug!(path = %path.display(), "removing leftover temp entry");
+    if let Some(reap) = reaper
+        && fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+    {
+        reap(path);
+    }
+    // A process killed during a build step can leave its overlay mounted here: detach it
+    // first, or the removal would walk into the mount and then fail on the busy mount point.
+    unmount_under(path);
+    remove_any(path)
 }
 
 /// Lazily unmounts every mount at or below `dir` (deepest first), as far as this process is
@@ -126,6 +137,18 @@ fn unescape_mount_path(p: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The session directories in `tmp` whose lock is held by a live store (for reports: the
+/// answer may change at once).
+pub(crate) fn live_sessions(tmp: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_live_session(p).unwrap_or(false))
+        .collect()
+}
+
 /// Whether `path` is a session directory whose lock is held by a live store.
 fn is_live_session(path: &Path) -> Result<bool> {
     let is_session_name = path
@@ -137,10 +160,11 @@ fn is_live_session(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     let lock_path = path.join(SESSION_LOCK);
-    let lock = match File::open(&lock_path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io("open", &lock_path, e)),
+    // Opened without blocking: a FIFO planted as the lock marks a broken session, not a live one.
+    let lock = match open_regular_if_exists(&lock_path) {
+        Ok(Some(file)) => file,
+        Ok(None) | Err(Error::NotRegularFile { .. }) => return Ok(false),
+        Err(e) => return Err(e),
     };
     match lock.try_lock() {
         Ok(()) => Ok(false),
@@ -175,7 +199,7 @@ mod tests {
         let stray = tmp.path().join("stray");
         fs::write(&stray, b"x").unwrap();
 
-        let found = leftovers(tmp.path(), live.path()).unwrap();
+        let found = leftovers(tmp.path(), Some(live.path())).unwrap();
         assert_eq!(found, vec![dead, half_created, stray]);
         assert!(!found.iter().any(|p| p == other_live.path()));
 

@@ -11,16 +11,19 @@
 //!
 //! Other top-level directories (later versioned buckets such as `cache-v1/`) are left alone.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions, Permissions, TryLockError};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use gantry_oci::{Algorithm, Digest, HashingReader, HashingWriter};
+use rustix::io::Errno;
 use tempfile::TempPath;
 
 use crate::fsutil::{
-    ensure_private_dir, fsync_dir, link_unsupported, lock_exclusive, open_lock_file,
+    ensure_private_dir, fsync_dir, link_unsupported, lock_exclusive, open_lock_file, open_regular,
     rename_noreplace,
 };
 use crate::session::{Session, remove_leftovers};
@@ -31,6 +34,9 @@ const TMP_DIR: &str = "tmp";
 const REFS_DIR: &str = "refs-v1";
 const LOCKS_DIR: &str = "locks";
 const GC_LOCK: &str = "gc.lock";
+/// Taken exclusively by a gc that has waited long enough for its turn; every open passes
+/// through it (shared, briefly), so new stores queue behind that gc instead of starving it.
+const GC_INTENT_LOCK: &str = "gc-intent.lock";
 const REFS_LOCK: &str = "refs.lock";
 const TMP_LOCK: &str = "tmp.lock";
 
@@ -46,8 +52,86 @@ const WRITE_BUFFER: usize = 128 << 10;
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    session: Session,
-    gc_lock: File,
+    /// `None` for a read-only store.
+    session: Option<Session>,
+    /// `None` for a read-only store without a `locks/gc.lock` (nobody has written to it).
+    gc_lock: Option<File>,
+    /// Why the store is read-only, if it is.
+    read_only: Option<String>,
+    /// Called with each dead session's directory before it is removed.
+    reaper: ReaperSlot,
+    /// The root's (device, inode), the key of [`OPEN_STORES`].
+    identity: (u64, u64),
+}
+
+/// Something a store waits for, reported so that the user knows why nothing happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wait {
+    /// [`Store::open`] waits for a gc that runs or is queued for its turn.
+    ForGc,
+    /// A gc waits for the other processes that have the store open (about `others` of them)
+    /// to finish. `queued`: new processes now wait behind the gc rather than start.
+    ForOthers {
+        /// How many other open stores (one per gantry process, usually) there are.
+        others: usize,
+        /// Whether the gc has taken its turn, so that new processes queue behind it.
+        queued: bool,
+    },
+}
+
+/// How many stores this process has open, by root (device, inode). A process that already has
+/// the store open does not queue behind a waiting gc when it opens it again: that gc waits for
+/// the store it already has, so queueing would deadlock.
+static OPEN_STORES: std::sync::Mutex<BTreeMap<(u64, u64), usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn open_stores() -> std::sync::MutexGuard<'static, BTreeMap<(u64, u64), usize>> {
+    OPEN_STORES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let mut open = open_stores();
+        if let Some(n) = open.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.identity);
+            }
+        }
+    }
+}
+
+/// Called with the directory of a dead process's session before it is removed, to stop what
+/// that process left running there (the containers of its build steps). It must not fail;
+/// it may log.
+pub type Reaper = std::sync::Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// A [`Reaper`], if any (printable, for `Store`'s `Debug`).
+#[derive(Clone, Default)]
+pub(crate) struct ReaperSlot(pub(crate) Option<Reaper>);
+
+impl std::fmt::Debug for ReaperSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
+/// Options of [`Store::open_with`].
+#[derive(Default)]
+pub struct StoreOptions<'a> {
+    /// Hears when opening has to wait (for a gc).
+    pub on_wait: Option<&'a dyn Fn(Wait)>,
+    /// Runs before a dead session's directory is removed (by this open, gc or fsck).
+    pub reaper: Option<Reaper>,
+}
+
+impl std::fmt::Debug for StoreOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions").finish_non_exhaustive()
+    }
 }
 
 /// How [`Store::link_or_copy_out`] placed a blob.
@@ -66,31 +150,106 @@ impl Store {
     /// An existing root must be a directory owned by the current user and not writable by
     /// group or others. Blocks while another process runs [`Store::gc`].
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with options: `on_wait` hears when opening waits for a gc.
+    pub fn open_with(root: &Path, options: &StoreOptions<'_>) -> Result<Store> {
         let root = std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
-        create_root(&root)?;
-        check_root_is_private(&root)?;
-        for dir in [BLOBS_DIR, TMP_DIR, REFS_DIR, LOCKS_DIR] {
-            ensure_private_dir(&root.join(dir))?;
+        let read_only = read_only_reason(&root);
+        if read_only.is_none() {
+            create_root(&root)?;
         }
-        ensure_private_dir(&root.join(BLOBS_DIR).join(Algorithm::Sha256.name()))?;
+        let identity = check_root_is_private(&root)?;
+        if read_only.is_none() {
+            for dir in [BLOBS_DIR, TMP_DIR, REFS_DIR, LOCKS_DIR] {
+                ensure_private_dir(&root.join(dir))?;
+            }
+            ensure_private_dir(&root.join(BLOBS_DIR).join(Algorithm::Sha256.name()))?;
+        }
+        // A read-only store's lock files are taken if they exist (flock needs no write
+        // access): whoever can still write to it (its owner, root) respects them.
+        let lock_file = |name: &str| {
+            let path = root.join(LOCKS_DIR).join(name);
+            let file = match read_only {
+                None => Some(open_lock_file(&path)?),
+                Some(_) => open_existing_lock_file(&path)?,
+            };
+            Ok::<_, Error>((path, file))
+        };
+        let (gc_lock_path, gc_lock) = lock_file(GC_LOCK)?;
+        let report_wait = || {
+            if let Some(f) = options.on_wait {
+                f(Wait::ForGc);
+            }
+        };
+        // Pass through the gc-intent lock (unless this process has the store open already),
+        // then take gc.lock shared: a gc that took its turn goes first.
+        let mut open = open_stores();
+        let nested = open.get(&identity).is_some_and(|&n| n > 0);
+        *open.entry(identity).or_insert(0) += 1;
+        drop(open);
+        let registered = Registered(identity);
+        let intent = if nested {
+            None
+        } else {
+            let (path, intent) = lock_file(GC_INTENT_LOCK)?;
+            if let Some(f) = &intent {
+                lock_shared_reporting(f, &path, report_wait)?;
+            }
+            intent
+        };
+        if let Some(f) = &gc_lock {
+            lock_shared_reporting(f, &gc_lock_path, report_wait)?;
+        }
+        drop(intent);
 
-        let gc_lock_path = root.join(LOCKS_DIR).join(GC_LOCK);
-        let gc_lock = open_lock_file(&gc_lock_path)?;
-        gc_lock
-            .lock_shared()
-            .map_err(|e| Error::io("lock", &gc_lock_path, e))?;
-
-        // Sessions are created, and dead ones recognised, only under tmp.lock (see session.rs).
-        let tmp = root.join(TMP_DIR);
-        let _tmp_lock = lock_exclusive(&root.join(LOCKS_DIR).join(TMP_LOCK))?;
-        let session = Session::create(&tmp)?;
-        let removed = remove_leftovers(&tmp, session.path())?;
-        tracing::debug!(root = %root.display(), removed, "opened store");
+        let session = match &read_only {
+            Some(reason) => {
+                tracing::debug!(root = %root.display(), reason, "opened a read-only store");
+                None
+            }
+            None => {
+                // Sessions are created, and dead ones recognised, only under tmp.lock (see
+                // session.rs).
+                let tmp = root.join(TMP_DIR);
+                let _tmp_lock = lock_exclusive(&root.join(LOCKS_DIR).join(TMP_LOCK))?;
+                let session = Session::create(&tmp)?;
+                let removed = remove_leftovers(&tmp, session.path(), options.reaper.as_ref())?;
+                tracing::debug!(root = %root.display(), removed, "opened store");
+                Some(session)
+            }
+        };
+        std::mem::forget(registered);
         Ok(Store {
             root,
             session,
             gc_lock,
+            read_only,
+            reaper: ReaperSlot(options.reaper.clone()),
+            identity,
         })
+    }
+
+    /// Why the store was opened read-only (its directory cannot be written: a read-only
+    /// mount, or no write permission), or `None` if it is writable. A read-only store reads
+    /// blobs, refs and layouts; anything that would write to it fails with
+    /// [`Error::ReadOnlyStore`].
+    pub fn read_only(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    /// Fails with [`Error::ReadOnlyStore`] (saying that `action` needs write access) if the
+    /// store is read-only.
+    pub fn require_writable(&self, action: &'static str) -> Result<()> {
+        match &self.read_only {
+            None => Ok(()),
+            Some(reason) => Err(Error::ReadOnlyStore {
+                root: self.root.clone(),
+                action,
+                reason: reason.clone(),
+            }),
+        }
     }
 
     /// The store's root directory (absolute).
@@ -164,7 +323,10 @@ impl Store {
     /// Opens a stored blob for reading.
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
         let path = self.blob_path(digest);
-        File::open(&path).map_err(|e| self.open_error(digest, path, e))
+        open_regular(&path).map_err(|e| match e {
+            Error::Io { source, .. } => self.open_error(digest, path, source),
+            e => e,
+        })
     }
 
     /// Reads a whole blob of at most `limit` bytes and checks that it hashes to its digest.
@@ -201,6 +363,7 @@ impl Store {
     /// again (a commit keeps an existing blob). Returns whether it was removed. A missing blob
     /// is not an error.
     pub fn remove_corrupt_blob(&self, digest: &Digest) -> Result<bool> {
+        self.require_writable("remove a corrupt blob")?;
         match self.verify_blob(digest) {
             Ok(()) | Err(Error::BlobNotFound { .. }) => Ok(false),
             Err(Error::CorruptBlob { path, .. }) => {
@@ -235,6 +398,19 @@ impl Store {
         }
     }
 
+    /// Puts a blob at `dest`, replacing what is there atomically: a hard link when possible,
+    /// otherwise a verified copy (see [`Store::link_or_copy_out`]), made as an
+    /// [`crate::OutputTemp`] beside `dest` and renamed over it.
+    pub fn export_blob(&self, digest: &Digest, dest: &Path) -> Result<LinkKind> {
+        let mut kind = LinkKind::Hardlink;
+        let temp = crate::OutputTemp::fill(dest, |tmp| {
+            kind = self.link_or_copy_out(digest, tmp)?;
+            Ok::<(), Error>(())
+        })?;
+        temp.persist(dest)?;
+        Ok(kind)
+    }
+
     /// Copies a blob to `dest` (which must not exist), verifying it on the way.
     fn copy_out(&self, digest: &Digest, dest: &Path) -> Result<()> {
         let mut input = HashingReader::new(self.open_blob(digest)?, digest.algorithm());
@@ -262,16 +438,30 @@ impl Store {
 
     /// A directory private to this open store for scratch work: removed when the store is
     /// dropped, and by the next open if this process dies.
-    pub fn session_dir(&self) -> &Path {
-        self.session.path()
+    pub fn session_dir(&self) -> Result<&Path> {
+        self.require_writable("make scratch space in it")?;
+        self.own_session()
+            .ok_or_else(|| Error::io("use", &self.root, io::ErrorKind::NotFound.into()))
+    }
+
+    /// This store's session directory (`None` if it is read-only).
+    pub(crate) fn own_session(&self) -> Option<&Path> {
+        self.session.as_ref().map(Session::path)
     }
 
     /// Creates a temp file in this store's session directory.
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<tempfile::NamedTempFile> {
+        self.require_writable("write a blob")?;
+        let dir = self.session_dir()?;
         tempfile::Builder::new()
             .prefix(prefix)
-            .tempfile_in(self.session.path())
-            .map_err(|e| Error::io("create a temp file in", self.session.path(), e))
+            .tempfile_in(dir)
+            .map_err(|e| Error::io("create a temp file in", dir, e))
+    }
+
+    /// The reaper this store was opened with.
+    pub(crate) fn reaper(&self) -> Option<&Reaper> {
+        self.reaper.0.as_ref()
     }
 
     /// The `refs-v1` directory.
@@ -289,32 +479,97 @@ impl Store {
         self.root.join(TMP_DIR)
     }
 
-    /// Takes `locks/refs.lock` exclusively until the returned file is dropped.
+    /// Takes `locks/refs.lock` exclusively until the returned file is dropped (to change
+    /// refs: fails on a read-only store).
     pub(crate) fn lock_refs(&self) -> Result<File> {
+        self.require_writable("change refs")?;
         lock_exclusive(&self.root.join(LOCKS_DIR).join(REFS_LOCK))
     }
 
-    /// Takes `locks/tmp.lock` exclusively until the returned file is dropped.
-    pub(crate) fn lock_tmp(&self) -> Result<File> {
-        lock_exclusive(&self.root.join(LOCKS_DIR).join(TMP_LOCK))
+    /// Takes `locks/tmp.lock` exclusively until the returned file is dropped. On a read-only
+    /// store, takes it if it exists (`None` otherwise): nothing there can change but by a
+    /// writer that respects it.
+    pub(crate) fn lock_tmp(&self) -> Result<Option<File>> {
+        let path = self.root.join(LOCKS_DIR).join(TMP_LOCK);
+        if self.read_only.is_none() {
+            return lock_exclusive(&path).map(Some);
+        }
+        let Some(file) = open_existing_lock_file(&path)? else {
+            return Ok(None);
+        };
+        file.lock().map_err(|e| Error::io("lock", &path, e))?;
+        Ok(Some(file))
+    }
+
+    /// The open `gc.lock` of a writable store.
+    fn gc_lock_file(&self) -> Result<&File> {
+        self.require_writable("collect garbage")?;
+        self.gc_lock
+            .as_ref()
+            .ok_or_else(|| Error::io("use", &self.root, io::ErrorKind::NotFound.into()))
     }
 
     /// Trades this store's shared `gc.lock` for an exclusive one, waiting until every other
-    /// open store is dropped.
-    pub(crate) fn lock_gc_exclusive(&self) -> Result<()> {
+    /// open store is dropped. For `patience` it only tries now and then, letting new
+    /// processes in; then it takes `gc-intent.lock` exclusively, so that new opens queue
+    /// behind it, and waits for the stores already open. `on_wait` hears how many others it
+    /// waits for, whenever that changes. Returns the intent lock if it was taken (hold it until
+    /// the collection is done).
+    pub(crate) fn lock_gc_exclusive(
+        &self,
+        patience: Duration,
+        on_wait: &mut dyn FnMut(Wait),
+    ) -> Result<Option<File>> {
         let path = self.root.join(LOCKS_DIR).join(GC_LOCK);
-        self.gc_lock
+        let gc_lock = self.gc_lock_file()?;
+        gc_lock
             .unlock()
-            .and_then(|()| self.gc_lock.lock())
-            .map_err(|e| Error::io("lock", path, e))
+            .map_err(|e| Error::io("unlock", &path, e))?;
+        let started = Instant::now();
+        let mut reported = None;
+        let mut intent: Option<File> = None;
+        loop {
+            match gc_lock.try_lock() {
+                Ok(()) => return Ok(intent),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+            }
+            if intent.is_none() && started.elapsed() >= patience {
+                // Our turn: new opens wait behind us from now on. Nothing else is held here,
+                // so waiting for the intent lock (another gc's) cannot deadlock.
+                let intent_path = self.root.join(LOCKS_DIR).join(GC_INTENT_LOCK);
+                let file = open_lock_file(&intent_path)?;
+                file.lock()
+                    .map_err(|e| Error::io("lock", &intent_path, e))?;
+                intent = Some(file);
+            }
+            let now = (self.other_sessions(), intent.is_some());
+            if reported != Some(now) {
+                on_wait(Wait::ForOthers {
+                    others: now.0,
+                    queued: now.1,
+                });
+                reported = Some(now);
+            }
+            std::thread::sleep(GC_POLL);
+        }
+    }
+
+    /// How many other stores are open now (live sessions besides this one's).
+    fn other_sessions(&self) -> usize {
+        crate::session::live_sessions(&self.tmp_dir())
+            .into_iter()
+            .filter(|p| Some(p.as_path()) != self.own_session())
+            .count()
     }
 
     /// Trades the exclusive `gc.lock` back for a shared one.
     pub(crate) fn lock_gc_shared(&self) -> Result<()> {
         let path = self.root.join(LOCKS_DIR).join(GC_LOCK);
-        self.gc_lock
+        let gc_lock = self.gc_lock_file()?;
+        gc_lock
             .unlock()
-            .and_then(|()| self.gc_lock.lock_shared())
+            .and_then(|()| gc_lock.lock_shared())
             .map_err(|e| Error::io("lock", path, e))
     }
 
@@ -509,9 +764,59 @@ fn create_root(root: &Path) -> Result<()> {
         .map_err(|e| Error::io("create directory", root, e))
 }
 
+/// Why a store root that exists cannot be written (`EROFS`, `EACCES`, `EPERM` from
+/// `access(W_OK)`), or `None` if it can, or does not exist yet.
+fn read_only_reason(root: &Path) -> Option<String> {
+    match rustix::fs::access(root, rustix::fs::Access::WRITE_OK) {
+        Ok(()) => None,
+        Err(e) if matches!(e, Errno::ROFS | Errno::ACCESS | Errno::PERM) => {
+            Some(io::Error::from(e).to_string())
+        }
+        Err(_) => None,
+    }
+}
+
+/// Opens an existing lock file read-only (enough for `flock`); `None` if it does not exist.
+fn open_existing_lock_file(path: &Path) -> Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("open lock file", path, e)),
+    }
+}
+
+/// A registration in [`OPEN_STORES`] that is undone if opening fails.
+struct Registered((u64, u64));
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut open = open_stores();
+        if let Some(n) = open.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// How often a waiting gc looks again.
+const GC_POLL: Duration = Duration::from_millis(100);
+
+/// Takes `file`'s lock shared, calling `on_wait` once first if that has to wait.
+fn lock_shared_reporting(file: &File, path: &Path, on_wait: impl FnOnce()) -> Result<()> {
+    match file.try_lock_shared() {
+        Ok(()) => return Ok(()),
+        Err(TryLockError::WouldBlock) => on_wait(),
+        Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+    }
+    file.lock_shared().map_err(|e| Error::io("lock", path, e))
+}
+
 /// Refuses a root that other users could tamper with: it must be a directory (possibly behind
-/// a symlink) owned by the current user and not writable by group or others.
-fn check_root_is_private(root: &Path) -> Result<()> {
+/// a symlink) owned by the current user and not writable by group or others. Returns its
+/// (device, inode).
+fn check_root_is_private(root: &Path) -> Result<(u64, u64)> {
     let meta = fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
     let unsafe_root = |reason: String| Error::UnsafeRoot {
         path: root.to_owned(),
@@ -533,7 +838,7 @@ fn check_root_is_private(root: &Path) -> Result<()> {
             meta.mode() & 0o7777
         )));
     }
-    Ok(())
+    Ok((meta.dev(), meta.ino()))
 }
 
 #[cfg(test)]
@@ -737,7 +1042,7 @@ mod tests {
     #[test]
     fn dead_sessions_are_cleaned_live_ones_kept() {
         let (dir, store) = open_store();
-        let live_session = store.session_dir().to_owned();
+        let live_session = store.session_dir().unwrap().to_owned();
         let dead = dir.path().join("tmp/s-x");
         fs::create_dir(&dead).unwrap();
         fs::write(dead.join("lock"), b"").unwrap();
@@ -749,10 +1054,41 @@ mod tests {
         assert!(!dead.exists(), "dead session removed");
         assert!(!stray.exists(), "stray entry removed");
         assert!(live_session.join("lock").exists(), "live session kept");
-        assert!(second.session_dir().exists());
+        assert!(second.session_dir().unwrap().exists());
 
         drop(store);
         assert!(!live_session.exists(), "drop removes the session dir");
+    }
+
+    #[test]
+    fn the_reaper_sees_each_dead_session_before_it_is_removed() {
+        let (dir, store) = open_store();
+        let dead = dir.path().join("tmp/s-dead");
+        fs::create_dir_all(dead.join("runtime-state/c1")).unwrap();
+        fs::write(dead.join("lock"), b"").unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let reaper: Reaper = std::sync::Arc::new(move |p: &Path| {
+            // Called while the session is still whole.
+            log.lock()
+                .unwrap()
+                .push((p.to_owned(), p.join("runtime-state/c1").is_dir()));
+        });
+        let options = StoreOptions {
+            on_wait: None,
+            reaper: Some(reaper),
+        };
+        let second = Store::open_with(dir.path(), &options).unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![(dead.clone(), true)]);
+        assert!(!dead.exists());
+        // Live sessions are never reaped; a later leftover is, by gc's cleanup too.
+        let own = store.session_dir().unwrap().to_owned();
+        assert!(!seen.lock().unwrap().iter().any(|(p, _)| *p == own));
+        let dead2 = dir.path().join("tmp/s-dead2");
+        fs::create_dir(&dead2).unwrap();
+        let report = second.fsck(&crate::FsckOptions { repair: true }).unwrap();
+        assert_eq!(report.unrepaired(), 0);
+        assert_eq!(seen.lock().unwrap().last(), Some(&(dead2, false)));
     }
 
     #[test]
@@ -780,8 +1116,40 @@ mod tests {
         assert!(matches!(err, Error::UnsafeRoot { .. }), "{err}");
     }
 
+    /// A FIFO in place of a blob hung every reader of the store.
+    #[test]
+    fn regression_a_fifo_in_place_of_a_blob_hung_readers() {
+        use crate::test_support::{mkfifo, within};
+        let (dir, store) = open_store();
+        let digest = store.put_bytes(b"blob").unwrap();
+        let path = store.blob_path(&digest);
+        fs::remove_file(&path).unwrap();
+        mkfifo(&path);
+        let root = dir.path().to_owned();
+        let (open, verify, fsck) = within(20, move || {
+            let store = Store::open(&root).unwrap();
+            let fsck = store.fsck(&crate::FsckOptions::default()).unwrap();
+            (
+                store.open_blob(&digest).unwrap_err().to_string(),
+                store.verify_blob(&digest).unwrap_err().to_string(),
+                fsck.findings
+                    .iter()
+                    .map(|f| f.problem.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        for e in [open, verify] {
+            assert!(
+                e.contains(&path.display().to_string()) && e.contains("FIFO"),
+                "{e}"
+            );
+        }
+        assert_eq!(fsck, vec![format!("stray file {}", path.display())]);
+        drop(store);
+    }
+
     fn assert_session_empty(store: &Store) {
-        let names: Vec<_> = fs::read_dir(store.session_dir())
+        let names: Vec<_> = fs::read_dir(store.session_dir().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .filter(|n| n != "lock")

@@ -8,15 +8,80 @@ mod progress;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use gantry_cli::{Cli, Command};
 use gantry_ops::Context;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// The signal (SIGINT or SIGTERM) that interrupted gantry, or 0.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+/// How long an interrupted gantry waits for its command to wind down once its containers are
+/// stopped, before it exits anyway.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+
+/// On SIGINT or SIGTERM: stop the containers gantry runs (they would outlive it otherwise), let
+/// the command wind down (removing its temp files) and exit with 128 + the signal; with no
+/// container running, or on a second signal, exit at once. Temps left by an exit are removed
+/// by the next gantry.
+fn handle_signals() {
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot handle SIGINT and SIGTERM: {e}");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let code = 128 + signal;
+            if INTERRUPTED.swap(signal, Ordering::SeqCst) != 0
+                || gantry_runtime::stop_running() == 0
+            {
+                std::process::exit(code);
+            }
+            // The command's containers are being stopped; its runtime calls return, and main
+            // exits with `code`. Keep stopping any that started meanwhile; a second signal
+            // (this loop) exits at once.
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + INTERRUPT_GRACE;
+                while Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                    gantry_runtime::stop_running();
+                }
+                std::process::exit(code);
+            });
+        }
+    });
+}
+
+/// The exit code for an interrupted gantry (and says so), if it was interrupted.
+fn interrupted() -> Option<ExitCode> {
+    let signal = INTERRUPTED.load(Ordering::SeqCst);
+    if signal == 0 {
+        return None;
+    }
+    let name = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    eprintln!("error: interrupted by {name}; the running container was stopped");
+    Some(ExitCode::from(u8::try_from(128 + signal).unwrap_or(1)))
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
-    match run(cli) {
+    handle_signals();
+    let result = run(cli);
+    if let Some(code) = interrupted() {
+        return code;
+    }
+    match result {
         Ok(code) => code,
         Err(err) => {
             // Broken pipe on stdout (`gantry ls … | head`) is not an error.
@@ -193,7 +258,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fsck(args) => {
             let r = gantry_ops::maintenance::fsck(&ctx, args.repair)?;
             print::fsck(&r)?;
-            if !r.is_clean() && !args.repair {
+            // With --repair, what was repaired is fine; anything left is not.
+            if r.unrepaired() > 0 {
                 return Ok(ExitCode::FAILURE);
             }
         }

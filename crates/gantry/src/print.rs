@@ -383,8 +383,17 @@ pub(crate) fn fsck(r: &FsckReport) -> Result<()> {
         let fixed = if f.repaired { " (repaired)" } else { "" };
         writeln!(out, "{}{fixed}", f.problem)?;
     }
+    let left = r.unrepaired();
     if r.is_clean() {
         writeln!(out, "checked {} blobs: no problems", r.blobs_checked)?;
+    } else if left < r.findings.len() {
+        writeln!(
+            out,
+            "checked {} blobs: {} problem(s), {} repaired, {left} left",
+            r.blobs_checked,
+            r.findings.len(),
+            r.findings.len() - left
+        )?;
     } else {
         writeln!(
             out,
@@ -409,8 +418,20 @@ pub(crate) fn gc(g: &GcResult, dry_run: bool) -> Result<()> {
     if g.rootfs_entries_dropped > 0 {
         println!("{verb} {} unused unpacked images", g.rootfs_entries_dropped);
     }
+    for p in &r.removed_output_temps {
+        println!("{verb} the leftover temp {}", p.display());
+    }
+    // Bytes freed only: a removed blob that is still hard-linked outside the store frees nothing.
+    let linked = if r.still_linked_bytes > 0 {
+        format!(
+            "; {} still hard-linked outside the store",
+            human_bytes(r.still_linked_bytes)
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "{verb} {} blobs ({}), kept {} ({}); {} stale refs dropped, {} temp entries removed",
+        "{verb} {} blobs ({} freed{linked}), kept {} ({}); {} stale refs dropped, {} temp entries removed",
         r.removed_blobs,
         human_bytes(r.removed_bytes),
         r.kept_blobs,

@@ -102,14 +102,14 @@ pub(crate) struct TarIndex {
 impl TarIndex {
     /// Opens and scans the archive at `path`.
     pub(crate) fn open(path: &Path) -> Result<TarIndex> {
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        if !meta.is_file() {
-            return Err(Error::BadArchive {
+        let file = crate::fsutil::open_regular(path).map_err(|e| match e {
+            Error::NotRegularFile { kind, .. } => Error::BadArchive {
                 archive: path.to_owned(),
-                reason: "it is not a regular file".to_owned(),
-            });
-        }
+                reason: format!("it is {kind}, not a regular file"),
+            },
+            e => e,
+        })?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
         let members = scan(&file, meta.len(), path, MAX_MEMBERS)?;
         Ok(TarIndex {
             path: path.to_owned(),

@@ -1126,3 +1126,23 @@ fn archive_blobs_are_read_from_several_threads_at_once() {
         }
     });
 }
+
+/// An archive path that is a FIFO hung `open` forever.
+#[test]
+fn regression_a_fifo_as_archive_hung() {
+    use crate::test_support::{mkfifo, within};
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("image.tar");
+    mkfifo(&fifo);
+    let path = fifo.clone();
+    let (oci, docker) = within(20, move || {
+        (
+            Layout::open_archive(&path).unwrap_err().to_string(),
+            DockerArchive::open(&path).unwrap_err().to_string(),
+        )
+    });
+    for e in [oci, docker] {
+        assert!(e.contains(&fifo.display().to_string()), "{e}");
+        assert!(e.contains("FIFO"), "{e}");
+    }
+}

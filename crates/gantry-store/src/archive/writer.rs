@@ -11,18 +11,16 @@
 //! leaves no trace. `commit` fsyncs the file and renames it into place.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
-use std::fs::{self, File, Permissions};
+use std::fs::{self, Permissions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use gantry_oci::{Algorithm, Descriptor, Digest, ImageIndex, VerifyingReader, json};
-use tempfile::TempPath;
 
 use super::blob_member;
 use super::tarball::{BLOCK, TarBuilder};
-use crate::fsutil::fsync_dir;
+use crate::beside::OutputTemp;
 use crate::layout::{INDEX_FILE, ImageWriter, Layout, LayoutVersion, OCI_LAYOUT_FILE};
 use crate::{Error, Result, Store};
 
@@ -39,7 +37,7 @@ struct Placed {
 pub(crate) struct ArchiveCore {
     dest: PathBuf,
     label: &'static str,
-    temp: TempPath,
+    temp: OutputTemp,
     tar: TarBuilder,
     blobs: HashMap<Digest, Placed>,
     algorithms: HashSet<Algorithm>,
@@ -48,28 +46,13 @@ pub(crate) struct ArchiveCore {
 
 impl ArchiveCore {
     /// Starts an archive that [`ArchiveCore::commit`] will put at `dest`; `label` names the
-    /// format in messages (`oci-archive`). The temp file is `.{basename}.gantry-tmp-<random>`
-    /// in the same directory, so the final rename stays on one filesystem.
+    /// format in messages (`oci-archive`). The temp file is an [`OutputTemp`]
+    /// (`.{basename}.gantry-tmp-<owner>-<random>` in the same directory, locked while it
+    /// lives), so the final rename stays on one filesystem and a killed writer's temp is
+    /// recognised and removed later.
     pub(crate) fn new(dest: &Path, label: &'static str) -> Result<ArchiveCore> {
         let dest = std::path::absolute(dest).map_err(|e| Error::io("resolve", dest, e))?;
-        let invalid = |reason| Error::InvalidOutputPath {
-            path: dest.clone(),
-            reason,
-        };
-        let name = dest
-            .file_name()
-            .ok_or_else(|| invalid("it does not end in a file name"))?;
-        let parent = dest
-            .parent()
-            .ok_or_else(|| invalid("it has no parent directory"))?;
-        let mut prefix = OsString::from(".");
-        prefix.push(name);
-        prefix.push(".gantry-tmp-");
-        let (file, temp) = tempfile::Builder::new()
-            .prefix(&prefix)
-            .tempfile_in(parent)
-            .map_err(|e| Error::io("create a temp file in", parent, e))?
-            .into_parts();
+        let (temp, file) = OutputTemp::file(&dest, 0o600)?;
         let mut core = ArchiveCore {
             dest,
             label,
@@ -184,7 +167,7 @@ impl ArchiveCore {
         self.tar
             .file()
             .read_exact_at(&mut bytes, placed.offset)
-            .map_err(|e| Error::io("read", &*self.temp, e))?;
+            .map_err(|e| Error::io("read", self.temp.path(), e))?;
         Ok(Some(bytes))
     }
 
@@ -211,11 +194,6 @@ impl ArchiveCore {
         check_replaceable(&self.dest)?;
         let ArchiveCore { dest, temp, .. } = self;
         temp.persist(&dest)
-            .map_err(|e| Error::io("move the new archive to", &dest, e.error))?;
-        match dest.parent() {
-            Some(parent) => fsync_dir(parent),
-            None => Ok(()),
-        }
     }
 
     /// Writes `blobs/<alg>/` the first time a blob of that algorithm is added.
@@ -265,7 +243,7 @@ impl ArchiveCore {
 
     /// An error writing the temp file.
     fn write_error(&self, e: io::Error) -> Error {
-        Error::io("write", &*self.temp, e)
+        Error::io("write", self.temp.path(), e)
     }
 }
 
@@ -293,7 +271,7 @@ fn check_replaceable(path: &Path) -> Result<()> {
         return Ok(());
     }
     let mut head = [0u8; BLOCK as usize];
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let file = crate::fsutil::open_regular(path)?;
     let is_tar = meta.len() >= BLOCK
         && file.read_exact_at(&mut head, 0).is_ok()
         && head[257..262] == *b"ustar";

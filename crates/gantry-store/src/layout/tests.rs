@@ -526,3 +526,94 @@ fn open_checks_the_layout_files() {
         "duplicate keys are rejected"
     );
 }
+
+/// A FIFO in place of a blob hung every reader forever (`open` waits for a writer), and
+/// `index.json` symlinked to `/dev/zero` was reported as "has no index.json".
+#[test]
+fn regression_special_files_in_a_layout_hung_or_were_misreported() {
+    use crate::test_support::{mkfifo, within};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("layout");
+    two_tag_layout(&out);
+    let desc = Descriptor::of_bytes(mt::OCI_LAYER_TAR, b"layer a");
+    let blob = out.join(desc.digest.blob_path());
+    fs::remove_file(&blob).unwrap();
+    mkfifo(&blob);
+
+    let (layout_dir, fifo_blob) = (out.clone(), blob.clone());
+    let err = within(20, move || {
+        let layout = Layout::open(&layout_dir).unwrap();
+        assert!(!layout.has_blob(&Digest::sha256(b"layer a")));
+        let d = Descriptor::of_bytes(mt::OCI_LAYER_TAR, b"layer a");
+        let from_layout = layout.open_blob_verified(&d).err().unwrap().to_string();
+        let copy_dir = tempfile::tempdir().unwrap();
+        let mut w = LayoutWriter::new(&copy_dir.path().join("copy")).unwrap();
+        let from_file = w
+            .add_blob_from_file(&fifo_blob, &d)
+            .unwrap_err()
+            .to_string();
+        let from_copy = w.add_blob_from_layout(&layout, &d).unwrap_err().to_string();
+        [from_layout, from_file, from_copy]
+    });
+    for e in &err {
+        assert!(e.contains(&blob.display().to_string()), "{e}");
+        assert!(e.contains("FIFO"), "{e}");
+    }
+
+    for (name, make) in [
+        ("index.json", "fifo"),
+        ("oci-layout", "fifo"),
+        ("index.json", "/dev/zero"),
+    ] {
+        let broken = dir.path().join(format!("broken-{name}-{}", make.len()));
+        two_tag_layout(&broken);
+        let file = broken.join(name);
+        fs::remove_file(&file).unwrap();
+        if make == "fifo" {
+            mkfifo(&file);
+        } else {
+            std::os::unix::fs::symlink(make, &file).unwrap();
+        }
+        let open_dir = broken.clone();
+        let err = within(20, move || Layout::open(&open_dir).unwrap_err()).to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        let kind = if make == "fifo" {
+            "is a FIFO"
+        } else {
+            "is a character device"
+        };
+        assert!(err.contains(kind), "{err}");
+        assert!(!err.contains("has no"), "{err}");
+    }
+}
+
+/// Concurrent first writes of one output failed now and then with "cannot move the new layout
+/// to …: File exists": the output appeared between the writer's look and its rename.
+#[test]
+fn regression_concurrent_first_writes_failed_with_file_exists() {
+    const WRITERS: usize = 8;
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let barrier = std::sync::Barrier::new(WRITERS);
+        std::thread::scope(|s| {
+            for i in 0..WRITERS {
+                let (out, barrier) = (&out, &barrier);
+                s.spawn(move || {
+                    let mut w = LayoutWriter::new(out).unwrap();
+                    let m = add_image(&mut w, &[format!("layer {i}").as_bytes()]);
+                    w.add_manifest(tagged(m, "latest"));
+                    barrier.wait();
+                    w.commit()
+                        .unwrap_or_else(|e| panic!("round {round}, writer {i}: {e}"));
+                });
+            }
+        });
+        // One of the writers won; the layout is whole and nothing is left beside it.
+        let layout = Layout::open(&out).unwrap();
+        layout
+            .resolve(&Selector::Tag("latest".into()), &Platform::host())
+            .unwrap();
+        assert_eq!(names_in(dir.path()), vec!["out".to_owned()]);
+    }
+}

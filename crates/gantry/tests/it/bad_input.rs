@@ -1037,3 +1037,76 @@ fn regression_error_cause_was_printed_twice() {
     );
     assert_mentions(&err, &["cannot use base out:nope", "tags: v1"]);
 }
+
+/// `cmd` run under coreutils' `timeout` (same program, arguments and environment), so that a
+/// command that would block forever fails the test instead of hanging it.
+fn with_timeout(cmd: &Command, secs: u32) -> Command {
+    let mut t = Command::new("timeout");
+    t.arg(secs.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        t.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    t
+}
+
+/// A FIFO in place of a layout's blob hung `gantry unpack` (and every other reader) forever;
+/// `index.json` symlinked to `/dev/zero` was reported as "has no index.json".
+#[test]
+fn regression_special_files_in_layouts_hung_or_were_misreported() {
+    let env = setup();
+    let info = gantry_test::json(&fs::read_to_string(env.path("l.json")).unwrap());
+    let digest = info["digest"].as_str().unwrap().to_owned();
+    // A second store, which does not hold the layer: it must be read from the layout.
+    let other = crate::env();
+    copy_layout(&env.path("out"), &other.path("src"));
+    let blob = other
+        .path("src/blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap());
+    fs::remove_file(&blob).unwrap();
+    gantry_test::tool("mkfifo").arg(&blob).ok();
+    for args in [
+        &["unpack", "oci:src:v1", "rootfs"][..],
+        &["copy", "oci:src:v1", "oci-archive:copy.tar"],
+        &["copy", "oci:src:v1", "oci:copy"],
+        &["ls", "src:v1"],
+    ] {
+        let mut cmd = other.gantry();
+        cmd.args(args);
+        let o = with_timeout(&cmd, 60).fails();
+        assert_ne!(o.code, Some(124), "gantry {args:?} hung");
+        assert_mentions(&o.stderr, &[&blob.display().to_string(), "FIFO"]);
+    }
+    assert!(!other.path("copy.tar").exists() && !other.path("copy").exists());
+
+    // The archive itself a FIFO.
+    gantry_test::tool("mkfifo").arg(other.path("pipe.tar")).ok();
+    let mut cmd = other.gantry();
+    cmd.args(["unpack", "oci-archive:pipe.tar", "rootfs2"]);
+    let o = with_timeout(&cmd, 60).fails();
+    assert_mentions(&o.stderr, &["pipe.tar", "FIFO"]);
+
+    // index.json symlinked to /dev/zero.
+    copy_layout(&env.path("out"), &other.path("zero"));
+    let index = other.path("zero/index.json");
+    fs::remove_file(&index).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &index).unwrap();
+    let mut cmd = other.gantry();
+    cmd.args(["inspect", "zero"]);
+    let o = with_timeout(&cmd, 60).fails();
+    assert_mentions(
+        &o.stderr,
+        &[&index.display().to_string(), "is a character device"],
+    );
+    assert!(!o.stderr.contains("has no index.json"), "{}", o.stderr);
+
+    let fsck = other.gantry().arg("fsck").ok();
+    assert_mentions(&fsck.stdout, &["no problems"]);
+}

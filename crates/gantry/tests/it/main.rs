@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod commands;
+mod crash;
 mod examples;
 mod faithful_images;
 mod faithful_layers;

@@ -14,7 +14,7 @@ const APPLETS: &[&str] = &[
 ];
 
 /// A project with a busybox base image, a seed layer to change and delete from, and `extra`.
-fn project(t: &TestEnv, extra: &str) {
+pub(crate) fn project(t: &TestEnv, extra: &str) {
     let busybox = gantry_test::busybox();
     let links: Vec<String> = APPLETS
         .iter()
@@ -47,7 +47,7 @@ env = {{ PATH = "/bin" }}
 }
 
 /// A runtime wrapper that logs each run to `runs.log` and execs runc.
-fn runtime_wrapper(t: &TestEnv) -> PathBuf {
+pub(crate) fn runtime_wrapper(t: &TestEnv) -> PathBuf {
     let runc = require("runc");
     let log = t.path("runs.log");
     let w = t.write(
@@ -62,7 +62,7 @@ fn runtime_wrapper(t: &TestEnv) -> PathBuf {
     w
 }
 
-fn runs(t: &TestEnv) -> usize {
+pub(crate) fn runs(t: &TestEnv) -> usize {
     fs::read_to_string(t.path("runs.log"))
         .map(|s| s.lines().count())
         .unwrap_or(0)
@@ -696,4 +696,46 @@ fn gc_drops_unpacked_images_unused_for_keep_cache_days() {
     // And the next run unpacks it again.
     ok(gantry(&t, &rt, &["run", "base", "--", "true"]));
     assert_eq!(entries(), 1);
+}
+
+/// A user from the image's config that the image does not know was reported as
+/// `--user "nobody"`, a flag the user never passed.
+#[test]
+fn regression_config_user_errors_named_a_user_flag() {
+    let t = crate::env();
+    let rt = runtime_wrapper(&t);
+    project(
+        &t,
+        r#"
+[image.nobody]
+base = "base"
+user = "nobody"
+
+[step.as-nobody]
+base = "nobody"
+script = "true"
+outputs = ["/tmp"]
+"#,
+    );
+    ok(gantry(&t, &rt, &["build", "nobody"]));
+    let out = gantry(&t, &rt, &["run", "nobody", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the image config's User \"nobody\"") && !err.contains("--user"),
+        "{err}"
+    );
+    assert!(err.contains("not in the image's /etc/passwd"), "{err}");
+    // Passed on the command line, the flag is named.
+    let out = gantry(&t, &rt, &["run", "--user", "ghost", "base", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--user \"ghost\""), "{err}");
+    // A step on that image names the base image's config, not a step key.
+    let out = gantry(&t, &rt, &["build", "as-nobody"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("step.as-nobody: the base image config's User \"nobody\""),
+        "{err}"
+    );
+    assert_eq!(runs(&t), 0, "no container started");
 }

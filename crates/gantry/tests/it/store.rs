@@ -268,7 +268,9 @@ fn fsck_after_repair_reports_the_ref_that_lost_its_blob() {
     env.run(&["layer", "--content", "/x=referenced", "--info", "x.json"]);
     let digest = digest_of_info(&env, "x.json");
     corrupt(&blob_path(&env, &digest));
-    env.gantry().args(["fsck", "--repair"]).ok();
+    // The corrupt blob is removed, which leaves its ref dangling: a problem repair cannot fix.
+    let repair = env.gantry().args(["fsck", "--repair"]).fails();
+    assert_mentions(&repair.stdout, &["(repaired)", "1 left"]);
     // The blob is gone, and the layer info written earlier still points at it.
     let dangling = env.gantry().arg("fsck").fails();
     assert_mentions(&dangling.stdout, &[&digest, "missing"]);
@@ -400,4 +402,125 @@ fn gc_waits_for_a_running_writer() {
     assert_blobs_complete(&env);
     let listing = env.run(&["ls", "w.json"]);
     assert_mentions(&listing, &["/file"]);
+}
+
+/// `fsck --repair` exited 0 while it still printed a problem it cannot repair (a ref whose
+/// blob is gone), and named the ref with a doubled slash (`image//tmp/…`).
+#[test]
+fn regression_fsck_repair_exited_zero_with_problems_left() {
+    let env = crate::env();
+    env.run(&["layer", "--content", "/x=1", "--info", "l.json"]);
+    env.run(&["image", "--layer", "l.json", "-o", "out"]);
+    let layer = digest_of_info(&env, "l.json");
+    fs::remove_file(blob_path(&env, &layer)).unwrap();
+    let out = env.path("out").display().to_string();
+    for args in [&["fsck"][..], &["fsck", "--repair"]] {
+        let o = env.gantry().args(args).fails();
+        assert_mentions(
+            &o.stdout,
+            &[&format!("image ref {out} needs blob {layer}"), "missing"],
+        );
+        assert!(!o.stdout.contains("//"), "{}", o.stdout);
+    }
+    // Repairing everything that was found is a success.
+    env.run(&["layer", "--content", "/x=1", "--info", "l.json"]);
+    let b = blob_path(&env, &layer);
+    fs::set_permissions(&b, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = env.gantry().args(["fsck", "--repair"]).ok();
+    assert_mentions(&o.stdout, &["is writable (repaired)", "1 repaired, 0 left"]);
+    env.gantry().arg("fsck").ok();
+}
+
+/// `gantry <args>` with the store on a read-only bind mount: run under `unshare -m`, so the
+/// mount exists only in that process's private mount namespace.
+fn on_read_only_store(env: &TestEnv, args: &[&str]) -> gantry_test::Output {
+    let inner = {
+        let mut c = env.gantry();
+        c.args(args);
+        c
+    };
+    let mut c = gantry_test::tool("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(env.home())
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir(env.root());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.output_any()
+}
+
+/// `gantry unpack` and `gantry fsck` failed on a read-only store ("cannot open lock file").
+/// Commands that only read now work on one, without writing a byte to it; commands that
+/// write say that the store is read-only.
+#[test]
+fn regression_read_only_store_could_not_be_read() {
+    let env = crate::env();
+    env.run(&[
+        "layer",
+        "--content",
+        "/x=read only",
+        "--info",
+        "l.json",
+        "-o",
+        "l.tgz",
+    ]);
+    env.run(&["image", "--layer", "l.json", "-o", "out", "-t", "v1"]);
+    let home = env.home().display().to_string();
+    let before = gantry_test::snapshot(&env.home());
+
+    // Proof that the mount is read-only: even root cannot write there.
+    let probe = on_read_only_store(&env, &["layer", "--content", "/y=2"]);
+    assert_ne!(probe.code, Some(0));
+    assert_mentions(
+        &probe.stderr,
+        &[&home, "read-only", "Read-only file system"],
+    );
+
+    for args in [
+        &["inspect", "l.json"][..],
+        &["inspect", "out:v1"],
+        &["ls", "l.json"],
+        &["ls", "out:v1"],
+        &["unpack", "oci:out:v1", "rootfs"],
+        &["fsck"],
+    ] {
+        let o = on_read_only_store(&env, args);
+        assert_eq!(o.code, Some(0), "gantry {args:?}: {}", o.stderr);
+    }
+    assert_eq!(
+        fs::read_to_string(env.path("rootfs/x")).unwrap(),
+        "read only"
+    );
+    let fsck = on_read_only_store(&env, &["fsck"]);
+    assert_mentions(&fsck.stdout, &["no problems"]);
+    let inspect = on_read_only_store(&env, &["inspect", "--json", "l.json"]);
+    assert_eq!(gantry_test::json(&inspect.stdout)["inStore"], true);
+
+    for args in [
+        &["layer", "--content", "/z=3", "--info", "m.json"][..],
+        &["image", "--layer", "l.json", "-o", "out2"],
+        &["gc"],
+        &["fsck", "--repair"],
+    ] {
+        let o = on_read_only_store(&env, args);
+        assert_ne!(
+            o.code,
+            Some(0),
+            "gantry {args:?} wrote to a read-only store"
+        );
+        assert_mentions(&o.stderr, &[&home, "read-only"]);
+        assert!(!o.stderr.contains("lock file"), "{}", o.stderr);
+    }
+    // Not a byte changed, not even a lock or session file.
+    assert_eq!(gantry_test::snapshot(&env.home()), before);
+    // Writable again, it is whole.
+    let fsck = env.gantry().arg("fsck").ok();
+    assert_mentions(&fsck.stdout, &["no problems"]);
 }
