@@ -157,8 +157,10 @@ impl LayoutSource for DirSource {
         }
     }
 
+    /// Whether there is anything at the blob's path: a fifo or a dangling symlink there is not
+    /// an absent blob (a shallow layout's) but a bad one, which reading reports.
     fn has_blob(&self, digest: &Digest) -> bool {
-        self.dir.join(digest.blob_path()).is_file()
+        std::fs::symlink_metadata(self.dir.join(digest.blob_path())).is_ok()
     }
 
     fn describe(&self) -> String {
