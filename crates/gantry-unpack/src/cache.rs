@@ -15,7 +15,8 @@
 //!
 //! Leftovers of crashed runs (temp dirs whose lock nobody holds) are removed at open;
 //! [`RootfsCache::check`] reports (and repairs) everything else the cache relies on.
-//! Bucket `v1` (gantry before diff_id verification) is never used: its trees were not verified.
+//! Bucket `v1` (gantry before diff_id verification) is never used: its trees were not verified;
+//! [`RootfsCache::prune`] (gantry gc) removes it, like any older bucket.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read};
@@ -358,6 +359,33 @@ impl RootfsCache {
             remove_any(dir.as_fd(), key.as_bytes()).map_err(io_err("remove", &entry))?;
             let _ = std::fs::remove_file(&lock_path);
             tracing::debug!(path = %entry.display(), "pruned an unused rootfs");
+        }
+        pruned += self.prune_old_buckets(dry_run)?;
+        Ok(pruned)
+    }
+
+    /// Removes the buckets of older cache versions (`v1` beside `v2`): nothing reads them any
+    /// more. Counted as one pruned entry each.
+    fn prune_old_buckets(&self, dry_run: bool) -> Result<usize> {
+        let Some(parent) = self.dir.parent() else {
+            return Ok(0);
+        };
+        let top = open_dir_path(parent).map_err(io_err("open", parent))?;
+        let mut pruned = 0;
+        for (name, _) in list_dir(top.as_fd()).map_err(io_err("list", parent))? {
+            let old_bucket = name.len() > 1
+                && name[0] == b'v'
+                && name[1..].iter().all(u8::is_ascii_digit)
+                && name != BUCKET.as_bytes();
+            if !old_bucket {
+                continue;
+            }
+            pruned += 1;
+            let path = parent.join(String::from_utf8_lossy(&name).as_ref());
+            if !dry_run {
+                remove_any(top.as_fd(), &name).map_err(io_err("remove", &path))?;
+                tracing::debug!(path = %path.display(), "removed an old rootfs cache bucket");
+            }
         }
         Ok(pruned)
     }

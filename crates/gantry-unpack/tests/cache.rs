@@ -263,3 +263,27 @@ fn entries_unused_for_long_are_pruned_and_used_ones_kept() {
     assert!(fresh.is_dir(), "the used entry stays");
     assert_eq!(cache.prune(day, false).unwrap(), 0);
 }
+
+#[test]
+fn regression_gc_left_the_unverified_v1_bucket_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // An older gantry's cache: bucket v1 with an (unverified) tree in it.
+    let old_tree = dir.path().join("v1/sha256-00/rootfs/etc");
+    std::fs::create_dir_all(&old_tree).unwrap();
+    std::fs::write(old_tree.join("passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+    // A stray file is not a bucket: fsck's business, not gc's.
+    std::fs::write(dir.path().join("notes"), "mine").unwrap();
+    let cache = RootfsCache::open(dir.path()).unwrap();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        cache.prune(day, true).unwrap(),
+        1,
+        "dry run counts the old bucket"
+    );
+    assert!(dir.path().join("v1").is_dir());
+    assert_eq!(cache.prune(day, false).unwrap(), 1);
+    assert!(!dir.path().join("v1").exists());
+    assert!(dir.path().join("notes").is_file());
+    assert!(cache.dir().is_dir(), "the current bucket stays");
+    assert_eq!(cache.prune(day, false).unwrap(), 0);
+}
