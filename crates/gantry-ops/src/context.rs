@@ -60,6 +60,9 @@ pub struct RegistryOptions {
     pub ca_files: Vec<(String, PathBuf)>,
     /// The credentials file.
     pub auth_file: Option<PathBuf>,
+    /// `--registry-timeout` / `GANTRY_REGISTRY_TIMEOUT`: seconds (over `registry-timeout` in
+    /// a project's settings).
+    pub timeout: Option<u64>,
 }
 
 /// `$XDG_CACHE_HOME/gantry`, else `~/.cache/gantry`.

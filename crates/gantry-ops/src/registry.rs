@@ -3,6 +3,7 @@
 //! digest, so rebuilds need no network), and fetching layer blobs when a sink needs them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_image::{BlobSource, FetchBlob, LayerRef};
@@ -41,6 +42,17 @@ pub fn client(ctx: &Context, project: Option<&Project>) -> Result<Client> {
                 .or_default()
                 .push(file.clone());
         }
+    }
+    let timeout = match ctx.registry.timeout {
+        Some(t) if !(1..=gantry_project::MAX_REGISTRY_TIMEOUT).contains(&t) => bail!(
+            "--registry-timeout / GANTRY_REGISTRY_TIMEOUT {t}: expected seconds from 1 to {}",
+            gantry_project::MAX_REGISTRY_TIMEOUT
+        ),
+        Some(t) => Some(t),
+        None => project.and_then(|p| p.settings.registry_timeout),
+    };
+    if let Some(t) = timeout {
+        config.request_timeout = Duration::from_secs(t);
     }
     let credentials = Arc::new(AuthFiles::new(config.auth_file.clone()));
     Ok(Client::new(config, credentials)?)
@@ -197,5 +209,33 @@ impl FetchBlob for Fetcher<'_> {
             &what,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NoReporter;
+
+    #[test]
+    fn registry_timeout_comes_from_the_flag_then_the_settings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("gantry.toml");
+        std::fs::write(&file, "[settings]\nregistry-timeout = 300\n").unwrap();
+        let project = Project::load(&file).unwrap();
+        let mut ctx =
+            Context::new(Some(tmp.path().join("home")), Some(1), Arc::new(NoReporter)).unwrap();
+        let timeout =
+            |ctx: &Context, p: Option<&Project>| client(ctx, p).unwrap().config().request_timeout;
+        assert_eq!(
+            timeout(&ctx, None),
+            gantry_registry::DEFAULT_REQUEST_TIMEOUT
+        );
+        assert_eq!(timeout(&ctx, Some(&project)), Duration::from_secs(300));
+        ctx.registry.timeout = Some(7);
+        assert_eq!(timeout(&ctx, Some(&project)), Duration::from_secs(7));
+        ctx.registry.timeout = Some(0);
+        let e = client(&ctx, None).unwrap_err().to_string();
+        assert!(e.contains("--registry-timeout"), "{e}");
     }
 }

@@ -80,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .collect::<anyhow::Result<_>>()?,
         auth_file: cli.global.authfile.as_ref().map(|p| ctx.abs(p)),
+        timeout: cli.global.registry_timeout,
     };
     ctx.runtime.clone_from(&cli.global.runtime);
     ctx.cache_from.clone_from(&cli.global.cache_from);
