@@ -609,8 +609,11 @@ impl Repo {
         let final_location = match body {
             UploadBody::Bytes(bytes) => {
                 let mut put = Req::new(Method::PUT, with_digest(location, &desc.digest), access)
-                    .header(header::CONTENT_TYPE, octets);
+                    .header(header::CONTENT_TYPE, octets)
+                    .what(what.clone());
                 put.retry = false;
+                put.deadline =
+                    Deadline::Whole(self.client.config().blob_deadline(bytes.len() as u64));
                 put.body = ReqBody::Bytes(bytes);
                 put
             }
@@ -622,7 +625,8 @@ impl Repo {
                     }
                     None => {
                         let mut patch = Req::new(Method::PATCH, location.clone(), access.clone())
-                            .header(header::CONTENT_TYPE, octets);
+                            .header(header::CONTENT_TYPE, octets)
+                            .what(what.clone());
                         patch.body =
                             ReqBody::Stream(Some(Box::new(stream.take(desc.size))), desc.size);
                         patch.deadline =
@@ -687,7 +691,8 @@ impl Repo {
             let range = format!("{}-{}", offset, offset + len - 1);
             let mut patch = Req::new(Method::PATCH, location.clone(), access.clone())
                 .header(header::CONTENT_TYPE, "application/octet-stream")
-                .header(header::CONTENT_RANGE, &range);
+                .header(header::CONTENT_RANGE, &range)
+                .what(what.to_owned());
             patch.body = ReqBody::Bytes(bytes::Bytes::from(buf));
             patch.deadline = Deadline::Whole(self.client.config().blob_deadline(len));
             let resp = self.client.execute(host, patch)?;

@@ -85,7 +85,7 @@ fn regression_trickled_manifest_kept_the_request_alive() {
     let took = t.elapsed();
     assert_timeout(&e, &s.proxy.host(), "manifest v1 of test/slow", deadline);
     assert!(
-        took >= deadline - Duration::from_millis(100) && took < deadline + Duration::from_secs(2),
+        took >= deadline - Duration::from_millis(100) && took < deadline + Duration::from_secs(4),
         "took {took:?}"
     );
     // Not retried: a trickle would hold us for every retry.
@@ -119,7 +119,7 @@ fn trickled_manifest_headers_reach_the_deadline() {
     let e = repo.get_manifest("v1").unwrap_err();
     let took = t.elapsed();
     assert_timeout(&e, &s.proxy.host(), "manifest v1 of test/slow", deadline);
-    assert!(took < deadline + Duration::from_secs(2), "took {took:?}");
+    assert!(took < deadline + Duration::from_secs(4), "took {took:?}");
     // HEAD too (tags are resolved with HEAD before a push or a copy).
     s.proxy.fault(
         Some("HEAD"),
@@ -130,7 +130,7 @@ fn trickled_manifest_headers_reach_the_deadline() {
     let t = Instant::now();
     let e = repo.head_manifest("v1").unwrap_err();
     assert_timeout(&e, &s.proxy.host(), "manifest v1 of test/slow", deadline);
-    assert!(t.elapsed() < deadline + Duration::from_secs(2));
+    assert!(t.elapsed() < deadline + Duration::from_secs(4));
     s.proxy.clear_faults();
 }
 
@@ -176,7 +176,7 @@ fn trickled_blob_resumes_then_fails_within_its_scaled_deadline() {
     );
     // Two deadlines (the first, and the one resumption `retries = 1` allows), no more.
     assert!(
-        took >= Duration::from_millis(5800) && took < Duration::from_secs(9),
+        took >= Duration::from_millis(5800) && took < Duration::from_secs(12),
         "took {took:?}"
     );
     let gets = s.proxy.matching(&path);
@@ -213,7 +213,8 @@ fn trickled_blob_completes_when_the_resumed_request_is_fast() {
     let t = Instant::now();
     assert_eq!(read_blob(&repo, &desc).unwrap(), bytes);
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The first request's 3 s deadline, then the rest at full speed (slack for a busy machine).
+    assert!(took < Duration::from_secs(10), "took {took:?}");
     let gets = s.proxy.matching(&path);
     assert_eq!(gets.len(), 2, "{gets:#?}");
     assert!(gets[1].header("range").is_some(), "{:?}", gets[1]);
