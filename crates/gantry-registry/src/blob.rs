@@ -142,8 +142,11 @@ impl Resuming {
                     )));
                 }
                 if self.pos > 0 {
-                    // The server ignored Range: skip what was already delivered.
+                    // The server ignored Range: skip what was already delivered, with the
+                    // deadline of the whole blob, since the whole blob comes again.
                     tracing::debug!(digest = %self.digest, skip = self.pos, "server ignored Range; skipping");
+                    self.deadline = self.repo.client().config().blob_deadline(self.size);
+                    self.deadline_at = started + self.deadline;
                     let mut rest = Within {
                         inner: (&mut resp).take(self.pos),
                         deadline: self.deadline_at,
