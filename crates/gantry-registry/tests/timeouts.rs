@@ -256,3 +256,38 @@ fn slow_but_steady_transfers_within_budget_succeed() {
         t.elapsed()
     );
 }
+
+#[test]
+fn regression_a_resume_answered_in_full_had_the_deadline_of_the_bytes_left() {
+    let s = Slow::start();
+    let bytes = data(256 << 10, 6);
+    let desc = push_blob(&s.direct().repo(&s.reg.host(), "test/full", false), &bytes);
+    let path = format!("/blobs/{}", desc.digest);
+    // 1 s + 256 KiB at 64 KiB/s: 5 s for the whole blob, 1.5 s for its last 32 KiB.
+    let c = s.via(Duration::from_secs(1), 64 << 10, 1);
+    assert_eq!(c.config().blob_deadline(desc.size), Duration::from_secs(5));
+    let repo = c.repo(&s.proxy.host(), "test/full", false);
+    // Cut near the end, then a server that ignores Range and sends the whole blob again at
+    // 128 KiB/s: 2 s, within the whole blob's deadline but not the remaining bytes'.
+    s.proxy
+        .fault(Some("GET"), &path, 1, Fault::CutAfter(224 << 10));
+    s.proxy.fault(
+        Some("GET"),
+        &path,
+        1,
+        Fault::ThrottleIgnoringRange(128 << 10),
+    );
+    assert_eq!(read_blob(&repo, &desc).unwrap(), bytes);
+    // The proxy logs a request when it is done with it, just after the client.
+    let t = Instant::now();
+    let gets = loop {
+        let gets = s.proxy.matching(&path);
+        if gets.iter().all(|g| g.status != 0) || t.elapsed() > Duration::from_secs(5) {
+            break gets;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(gets.len(), 2, "{gets:#?}");
+    assert_eq!(gets[1].status, 200);
+    assert_eq!(gets[1].body_bytes, desc.size);
+}

@@ -48,6 +48,9 @@ pub enum Fault {
     TrickleBody(Duration),
     /// Send the response body at this many bytes per second, in twentieths of a second.
     Throttle(u64),
+    /// [`Fault::IgnoreRange`] and [`Fault::Throttle`] together: a slow server that always
+    /// sends the whole blob.
+    ThrottleIgnoringRange(u64),
 }
 
 impl Fault {
@@ -385,7 +388,10 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
     }
 
     headers.retain(|(k, _)| {
-        let strip_range = fault == Some(Fault::IgnoreRange) && k.eq_ignore_ascii_case("range");
+        let strip_range = matches!(
+            fault,
+            Some(Fault::IgnoreRange | Fault::ThrottleIgnoringRange(_))
+        ) && k.eq_ignore_ascii_case("range");
         !(k.eq_ignore_ascii_case("connection")
             || k.eq_ignore_ascii_case("keep-alive")
             || strip_range)
@@ -455,7 +461,7 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
             Some(Fault::TrickleBody(every)) => {
                 trickle(&mut client, &pending[..take], *every, &mut sent)
             }
-            Some(Fault::Throttle(rate)) => {
+            Some(Fault::Throttle(rate) | Fault::ThrottleIgnoringRange(rate)) => {
                 throttle(&mut client, &pending[..take], *rate, &mut sent)
             }
             _ => client
