@@ -427,6 +427,8 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
         Some(Fault::TrickleHead(every)) => trickle(&mut client, &head, *every, &mut 0)?,
         _ => client.write_all(&head)?,
     }
+    // Logged now: a client that has the whole body may look before the upstream closes.
+    set_status(status, 0);
 
     let cut = match fault {
         Some(Fault::CutAfter(k)) => Some(k),
