@@ -6,8 +6,9 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s each, every target)
 #
 # Findings and queues go to fuzz/out/<target>/ (not committed); each target resumes from its
-# previous queue. At the end one line per target gives executions, run time, crashes and hangs;
-# the exit status is 1 when anything crashed or hung. Reproduce a finding with
+# previous queue. At the end one line per target gives executions, run time, crashes and hangs
+# (AFL++ counts them over every session of that output directory, resumed ones included); the
+# exit status is 1 when anything crashed or hung. Reproduce a finding with
 #   fuzz/target/release/replay TARGET fuzz/out/TARGET/default/crashes/id:...
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
