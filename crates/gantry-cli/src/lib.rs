@@ -45,6 +45,16 @@ pub struct GlobalArgs {
     /// Extra CA certificate for a registry: HOST=PEM_FILE. Repeatable.
     #[arg(long = "registry-ca", global = true, value_name = "HOST=FILE")]
     pub registry_ca: Vec<String>,
+    /// Seconds a registry request for a manifest or token may take (default 120), and the
+    /// floor of a blob request's deadline, which grows by 1 s per 32 KiB. Overrides
+    /// `registry-timeout` in [settings].
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_REGISTRY_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub registry_timeout: Option<u64>,
     /// The credentials file (default: $REGISTRY_AUTH_FILE, else
     /// $XDG_RUNTIME_DIR/containers/auth.json, else the Docker config).
     #[arg(long, global = true, env = "REGISTRY_AUTH_FILE", value_name = "FILE")]

@@ -80,6 +80,9 @@ pub struct RegistryOptions {
     /// Fetch what a layout lacks from the registry its `base.name` annotation names, even
     /// when gantry did not write that layout (`--follow-base-name`).
     pub follow_base_name: bool,
+    /// `--registry-timeout` / `GANTRY_REGISTRY_TIMEOUT`: seconds (over `registry-timeout` in
+    /// a project's settings).
+    pub timeout: Option<u64>,
 }
 
 /// `$XDG_CACHE_HOME/gantry`, else `~/.cache/gantry`.

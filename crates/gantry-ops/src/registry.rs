@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_image::{BlobSource, FetchBlob, LayerRef};
@@ -42,6 +43,17 @@ pub fn client(ctx: &Context, project: Option<&Project>) -> Result<Client> {
                 .or_default()
                 .push(file.clone());
         }
+    }
+    let timeout = match ctx.registry.timeout {
+        Some(t) if !(1..=gantry_project::MAX_REGISTRY_TIMEOUT).contains(&t) => bail!(
+            "--registry-timeout / GANTRY_REGISTRY_TIMEOUT {t}: expected seconds from 1 to {}",
+            gantry_project::MAX_REGISTRY_TIMEOUT
+        ),
+        Some(t) => Some(t),
+        None => project.and_then(|p| p.settings.registry_timeout),
+    };
+    if let Some(t) = timeout {
+        config.request_timeout = Duration::from_secs(t);
     }
     let credentials = Arc::new(AuthFiles::new(config.auth_file.clone()));
     Ok(Client::new(config, credentials)?)
@@ -315,7 +327,9 @@ pub(crate) fn shallow_source(
         .is_some_and(|r| r.descriptor.digest == manifest.digest);
     if !(ours || ctx.registry.follow_base_name) {
         bail!(
-            "{what} lacks {n} layer {blobs} ({first}…) of its base {base}; gantry did not write              this layout, so it does not contact that registry on the layout's word. Pass              --follow-base-name to fetch them from {}/{}, or use a complete layout",
+            "{what} lacks {n} layer {blobs} ({first}…) of its base {base}; gantry did not write \
+             this layout, so it does not contact that registry on the layout's word. Pass \
+             --follow-base-name to fetch them from {}/{}, or use a complete layout",
             base.registry(),
             base.repository()
         );
@@ -368,4 +382,32 @@ pub(crate) fn find_absent_layers(
         image.layers[i].source = source.clone();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NoReporter;
+
+    #[test]
+    fn registry_timeout_comes_from_the_flag_then_the_settings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("gantry.toml");
+        std::fs::write(&file, "[settings]\nregistry-timeout = 300\n").unwrap();
+        let project = Project::load(&file).unwrap();
+        let mut ctx =
+            Context::new(Some(tmp.path().join("home")), Some(1), Arc::new(NoReporter)).unwrap();
+        let timeout =
+            |ctx: &Context, p: Option<&Project>| client(ctx, p).unwrap().config().request_timeout;
+        assert_eq!(
+            timeout(&ctx, None),
+            gantry_registry::DEFAULT_REQUEST_TIMEOUT
+        );
+        assert_eq!(timeout(&ctx, Some(&project)), Duration::from_secs(300));
+        ctx.registry.timeout = Some(7);
+        assert_eq!(timeout(&ctx, Some(&project)), Duration::from_secs(7));
+        ctx.registry.timeout = Some(0);
+        let e = client(&ctx, None).unwrap_err().to_string();
+        assert!(e.contains("--registry-timeout"), "{e}");
+    }
 }

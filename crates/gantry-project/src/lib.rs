@@ -54,6 +54,9 @@ pub struct Project {
     spans: SpanIndex,
 }
 
+/// The largest `registry-timeout` (a day): past that a deadline protects nothing.
+pub const MAX_REGISTRY_TIMEOUT: u64 = 86_400;
+
 /// Validated `[settings]`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -67,6 +70,8 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     /// Extra CA files (absolute) per registry host.
     pub registry_ca: BTreeMap<String, PathBuf>,
+    /// `registry-timeout`: seconds, 1 to [`MAX_REGISTRY_TIMEOUT`].
+    pub registry_timeout: Option<u64>,
     /// Remote cache repository to read (`cache-from`).
     pub cache_from: Option<Reference>,
     /// Remote cache repository to read and write (`cache-to`).
@@ -807,6 +812,16 @@ fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Sett
             None
         }
     });
+    let registry_timeout = s.registry_timeout.and_then(|t| match u64::try_from(t) {
+        Ok(t) if (1..=MAX_REGISTRY_TIMEOUT).contains(&t) => Some(t),
+        _ => {
+            c.report(
+                kp(&["settings", "registry-timeout"]),
+                format!("expected seconds from 1 to {MAX_REGISTRY_TIMEOUT}, found {t}"),
+            );
+            None
+        }
+    });
     let mut cache_repo = |key: &str, value: &Option<String>| {
         value.as_ref().and_then(|v| match Reference::parse(v) {
             Ok(r) if r.tag().is_none() && r.digest().is_none() => Some(r),
@@ -859,6 +874,7 @@ fn check_settings(c: &mut Checker<'_>, parsed: &ProjectFile, dir: &Path) -> Sett
         output_dir: dir.join(s.output_dir.as_deref().unwrap_or(DEFAULT_OUTPUT_DIR)),
         platform,
         insecure_registries: s.insecure_registries.clone(),
+        registry_timeout,
         registry_ca: s
             .registry_ca
             .iter()

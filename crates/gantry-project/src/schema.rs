@@ -113,6 +113,9 @@ pub struct SettingsSpec {
     /// Extra CA certificates (PEM files) per registry host, relative to the project.
     #[serde(default)]
     pub registry_ca: BTreeMap<String, String>,
+    /// Seconds a registry request for a manifest or token may take, and the floor of blob
+    /// requests' deadlines. `--registry-timeout` overrides.
+    pub registry_timeout: Option<i64>,
     /// Leave registry-only base layers out of output layouts (default false: layouts are
     /// complete, so every OCI tool reads them).
     pub shallow: Option<bool>,

@@ -422,6 +422,22 @@ layers = ["s"]
 }
 
 #[test]
+fn registry_timeout_is_positive_seconds() {
+    let d = dir_with_files();
+    let p = load(d.path(), "[settings]\nregistry-timeout = 300\n").unwrap();
+    assert_eq!(p.settings.registry_timeout, Some(300));
+    let p = load(d.path(), "[settings]\n").unwrap();
+    assert_eq!(p.settings.registry_timeout, None);
+    for bad in ["0", "-5", "86401"] {
+        let e = errors(d.path(), &format!("[settings]\nregistry-timeout = {bad}\n"));
+        assert!(
+            e[0].starts_with("gantry.toml:2:1: settings.registry-timeout: expected seconds"),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn remote_cache_settings_are_repositories() {
     let d = dir_with_files();
     let p = load(

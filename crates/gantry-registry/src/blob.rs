@@ -2,13 +2,16 @@
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use gantry_oci::{Descriptor, Digest, VerifyingReader};
 use reqwest::blocking::Response;
 use reqwest::header;
 use reqwest::{Method, StatusCode, Url};
 
-use crate::client::{Access, Host, Req, content_length, status_error};
+use crate::client::{
+    Access, Deadline, Host, Req, Within, content_length, is_timeout_io, status_error_within,
+};
 use crate::redact::redact_url;
 use crate::repo::Repo;
 use crate::retry::backoff;
@@ -19,7 +22,10 @@ const MAX_RESUMES: u32 = 100;
 
 /// A blob being downloaded. Reads deliver each byte of the blob once, in order; a broken
 /// connection is resumed with `Range: bytes=N-` (or, when the server ignores `Range`, by
-/// skipping the first N bytes of a full response). At the end, size and digest are checked:
+/// skipping the first N bytes of a full response). Each request has a deadline scaled by the
+/// bytes it still has to deliver ([`crate::RegistryConfig::blob_deadline`]); one that reaches
+/// it is resumed the same way, at most `retries` times in all, then the download fails with
+/// [`Error::Timeout`]. At the end, size and digest are checked:
 /// a mismatch is an `InvalidData` error wrapping a `gantry_oci::Error`, returned again by
 /// every later read.
 pub struct BlobReader {
@@ -50,6 +56,9 @@ impl BlobReader {
             failures: 0,
             resumes: 0,
             pos_at_failure: 0,
+            deadline: Duration::ZERO,
+            deadline_at: Instant::now(),
+            expiries: 0,
         };
         r.connect()?;
         let what = format!("blob {} from {}", desc.digest, r.repo.name());
@@ -84,6 +93,11 @@ struct Resuming {
     failures: u32,
     resumes: u32,
     pos_at_failure: u64,
+    /// The deadline of the current request, and when it is reached.
+    deadline: Duration,
+    deadline_at: Instant,
+    /// Requests that reached their deadline.
+    expiries: u32,
 }
 
 impl Resuming {
@@ -102,10 +116,19 @@ impl Resuming {
             Method::GET,
             self.url.clone(),
             Access::Pull(self.repo.repository().to_owned()),
-        );
+        )
+        .what(self.repo.asked_for("blob", &self.digest.to_string()));
         if self.pos > 0 {
             req = req.header(header::RANGE, &format!("bytes={}-", self.pos));
         }
+        self.deadline = self
+            .repo
+            .client()
+            .config()
+            .blob_deadline(self.size.saturating_sub(self.pos));
+        req.deadline = Deadline::Streamed(self.deadline);
+        let started = Instant::now();
+        self.deadline_at = started + self.deadline;
         let mut resp = self.repo.client().execute(&self.host, req)?;
         let status = resp.status();
         match status {
@@ -119,10 +142,22 @@ impl Resuming {
                     )));
                 }
                 if self.pos > 0 {
-                    // The server ignored Range: skip what was already delivered.
+                    // The server ignored Range: skip what was already delivered, with the
+                    // deadline of the whole blob, since the whole blob comes again.
                     tracing::debug!(digest = %self.digest, skip = self.pos, "server ignored Range; skipping");
-                    let skipped = io::copy(&mut (&mut resp).take(self.pos), &mut io::sink())
-                        .map_err(|e| self.transport(&e))?;
+                    self.deadline = self.repo.client().config().blob_deadline(self.size);
+                    self.deadline_at = started + self.deadline;
+                    let mut rest = Within {
+                        inner: (&mut resp).take(self.pos),
+                        deadline: self.deadline_at,
+                    };
+                    let skipped = io::copy(&mut rest, &mut io::sink()).map_err(|e| {
+                        if is_timeout_io(&e) && Instant::now() >= self.deadline_at {
+                            self.timeout()
+                        } else {
+                            self.transport(&e)
+                        }
+                    })?;
                     if skipped != self.pos {
                         return Err(self.transport(&io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -155,9 +190,45 @@ impl Resuming {
                     what: format!("blob {}", self.digest),
                 });
             }
-            _ => return Err(status_error(&Method::GET, resp, 1)),
+            _ => {
+                return Err(status_error_within(
+                    &Method::GET,
+                    resp,
+                    1,
+                    Some(self.deadline_at),
+                ));
+            }
         }
         self.resp = Some(resp);
+        Ok(())
+    }
+
+    fn timeout(&self) -> Error {
+        Error::Timeout {
+            registry: self.repo.registry().to_owned(),
+            what: format!(
+                "{} (stopped at byte {} of {})",
+                self.repo.asked_for("blob", &self.digest.to_string()),
+                self.pos,
+                self.size
+            ),
+            method: "GET".to_owned(),
+            url: redact_url(&self.url),
+            deadline: self.deadline,
+        }
+    }
+
+    /// Records a request that reached its deadline; errors once that happened more than
+    /// `retries` times. A request that trickles makes some progress each time, so this bound
+    /// does not reset with progress as [`Resuming::broken`]'s does.
+    fn expired(&mut self) -> io::Result<()> {
+        self.resp = None;
+        self.expiries += 1;
+        self.resumes += 1;
+        tracing::debug!(digest = %self.digest, pos = self.pos, size = self.size, deadline = ?self.deadline, expiries = self.expiries, "blob request reached its deadline");
+        if self.expiries > self.repo.client().retries() || self.resumes > MAX_RESUMES {
+            return Err(io::Error::other(self.timeout()));
+        }
         Ok(())
     }
 
@@ -207,6 +278,10 @@ impl Read for Resuming {
                 // A reconnection has its own retries (in `execute`); its failure is final.
                 self.connect().map_err(io::Error::other)?;
             }
+            if Instant::now() >= self.deadline_at && self.pos < self.size {
+                self.expired()?;
+                continue;
+            }
             let resp = self.resp.as_mut().expect("connected above");
             // Past the end we still read (one byte, from the verifier) to detect extra data.
             let want = if self.pos < self.size {
@@ -233,6 +308,9 @@ impl Read for Resuming {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Everything arrived; a failure after it cannot change the content.
                 Err(_) if self.pos >= self.size => return Ok(0),
+                Err(e) if is_timeout_io(&e) && Instant::now() >= self.deadline_at => {
+                    self.expired()?;
+                }
                 Err(e) => self.broken(&e)?,
             }
         }

@@ -122,6 +122,67 @@ pub(crate) enum ReqBody {
     Stream(Option<Box<dyn Read + Send>>, u64),
 }
 
+/// How long one request (one attempt of it) may take, from connecting to the last body byte.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Deadline {
+    /// [`RegistryConfig::request_timeout`]: manifests, tokens, error documents, tag lists,
+    /// upload sessions. Enforced by the HTTP client for the whole exchange.
+    Small,
+    /// This long for the whole exchange (a blob upload or one chunk of it).
+    Whole(Duration),
+    /// A blob download: headers within the stall timeout (or the deadline when it is
+    /// shorter), each read within the stall timeout; the reader ([`crate::BlobReader`])
+    /// enforces the deadline between reads.
+    Streamed(Duration),
+}
+
+/// A request's deadline and what to name when it is reached.
+pub(crate) struct Limit<'a> {
+    pub(crate) registry: &'a str,
+    pub(crate) what: &'a str,
+    pub(crate) deadline: Duration,
+}
+
+impl Limit<'_> {
+    pub(crate) fn error(&self, method: &Method, url: &str) -> Error {
+        Error::Timeout {
+            registry: self.registry.to_owned(),
+            what: self.what.to_owned(),
+            method: method.to_string(),
+            url: url.to_owned(),
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// Whether an I/O error from a response body is a timeout (a read that stalled, or the
+/// request's deadline).
+pub(crate) fn is_timeout_io(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|r| r.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout)
+}
+
+/// A reader that fails with `TimedOut` once `deadline` has passed (checked before each read;
+/// each read itself is bounded by the HTTP client's stall timeout).
+pub(crate) struct Within<R> {
+    pub(crate) inner: R,
+    pub(crate) deadline: Instant,
+}
+
+impl<R: Read> Read for Within<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request's deadline has passed",
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// One request to a registry (or to a URL it pointed us to).
 pub(crate) struct Req {
     pub(crate) method: Method,
@@ -131,8 +192,10 @@ pub(crate) struct Req {
     pub(crate) body: ReqBody,
     /// Retry on transient failures (idempotent requests).
     pub(crate) retry: bool,
-    /// A timeout for the whole exchange instead of the read timeout (streamed uploads).
-    pub(crate) timeout: Option<Duration>,
+    /// How long the request may take.
+    pub(crate) deadline: Deadline,
+    /// What is asked for, for a [`Error::Timeout`] (`manifest v1 of library/alpine`).
+    pub(crate) what: Option<String>,
     /// Answer a 401 by (re)authenticating and retrying once. Off for best-effort requests that
     /// may need more than their scope grants (cancelling an upload needs `delete` under token
     /// auth, which we do not ask for).
@@ -152,9 +215,15 @@ impl Req {
             headers: HeaderMap::new(),
             body: ReqBody::Empty,
             retry,
-            timeout: None,
+            deadline: Deadline::Small,
+            what: None,
             reauthenticate: true,
         }
+    }
+
+    pub(crate) fn what(mut self, what: String) -> Self {
+        self.what = Some(what);
+        self
     }
 
     pub(crate) fn header(mut self, name: header::HeaderName, value: &str) -> Self {
@@ -255,8 +324,9 @@ impl Client {
         self.inner.config.retry_base
     }
 
-    pub(crate) fn read_timeout(&self) -> Duration {
-        self.inner.config.read_timeout
+    /// The deadline of a small document's request.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.config.request_timeout
     }
 
     /// The host state of `registry`, built on first use.
@@ -290,7 +360,8 @@ impl Client {
         let http = reqwest::blocking::Client::builder()
             .user_agent(config.user_agent.clone())
             .connect_timeout(config.connect_timeout)
-            .timeout(config.read_timeout)
+            // Bounds the headers and each read of a body; requests set their own deadline.
+            .timeout(config.stall_timeout())
             .redirect(redirect_policy(https.clone()))
             .referer(false)
             .https_only(!insecure)
@@ -400,6 +471,11 @@ impl Client {
         let scopes = access.scopes();
         let creds = self.credentials(&host.name)?;
         let started = Instant::now();
+        let limit = Limit {
+            registry: &host.name,
+            what: "the token",
+            deadline: self.request_timeout(),
+        };
         let resp = match &creds {
             Some(Credentials::IdentityToken(refresh)) => {
                 let mut form: Vec<(&str, &str)> = vec![
@@ -415,7 +491,7 @@ impl Client {
                     form.push(("scope", &scope));
                 }
                 let body: String = url_form(&form);
-                self.send_attempts(&Method::POST, &realm, true, |_| {
+                self.send_attempts(&Method::POST, &realm, true, Some(&limit), |_| {
                     Ok(host
                         .http
                         .post(realm.clone())
@@ -442,7 +518,7 @@ impl Client {
                     }
                     _ => None,
                 };
-                self.send_attempts(&Method::GET, &realm, true, |_| {
+                self.send_attempts(&Method::GET, &realm, true, Some(&limit), |_| {
                     let mut rb = host.http.get(realm.clone());
                     if let Some(a) = &auth {
                         rb = rb.header(header::AUTHORIZATION, a.clone());
@@ -473,7 +549,13 @@ impl Client {
         if !status.is_success() {
             return Err(token_err(summarize(resp)));
         }
-        let body = read_capped(resp, MAX_SMALL_BODY, "token response", &Method::GET)?;
+        let body = read_capped(
+            resp,
+            MAX_SMALL_BODY,
+            "token response",
+            &Method::GET,
+            Some(&limit),
+        )?;
         #[derive(Deserialize)]
         struct TokenResponse {
             token: Option<String>,
@@ -552,16 +634,29 @@ impl Client {
                 None
             };
             let retry = req.retry && replayable;
-            let resp = self.send_attempts(&req.method, &req.url, retry, |_| {
+            let (timeout, deadline) = match req.deadline {
+                Deadline::Small => (Some(self.request_timeout()), self.request_timeout()),
+                Deadline::Whole(d) => (Some(d), d),
+                // Longer than the stall timeout, the deadline is the reader's to enforce: as
+                // the HTTP client's timeout it would also be the bound of each read.
+                Deadline::Streamed(d) => ((d <= self.inner.config.stall_timeout()).then_some(d), d),
+            };
+            let what = req
+                .what
+                .clone()
+                .unwrap_or_else(|| "the response".to_owned());
+            let limit = timeout.map(|_| Limit {
+                registry: &host.name,
+                what: &what,
+                deadline,
+            });
+            let resp = self.send_attempts(&req.method, &req.url, retry, limit.as_ref(), |_| {
                 let mut rb = host
                     .http
                     .request(req.method.clone(), req.url.clone())
                     .headers(req.headers.clone());
                 if let Some(a) = &auth {
                     rb = rb.header(header::AUTHORIZATION, a.clone());
-                }
-                if let Some(t) = req.timeout {
-                    rb = rb.timeout(t);
                 }
                 Ok(match &mut req.body {
                     ReqBody::Empty => rb,
@@ -646,12 +741,15 @@ impl Client {
     }
 
     /// Sends the request `build` makes, retrying (when `retry`) on connect errors, timeouts,
-    /// 429 and 5xx, honouring `Retry-After`.
+    /// 429 and 5xx, honouring `Retry-After`. An attempt that reaches the deadline of `limit`
+    /// (the timeout `build` set) is an [`Error::Timeout`], not retried: the deadline is far
+    /// beyond what a working registry needs, and a trickling one would hold us for every retry.
     pub(crate) fn send_attempts(
         &self,
         method: &Method,
         url: &Url,
         retry: bool,
+        limit: Option<&Limit<'_>>,
         mut build: impl FnMut(u32) -> Result<RequestBuilder>,
     ) -> Result<Response> {
         let max = if retry { self.retries() } else { 0 };
@@ -659,11 +757,21 @@ impl Client {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let rb = build(attempt)?;
+            let mut rb = build(attempt)?;
+            if let Some(l) = limit {
+                rb = rb.timeout(l.deadline);
+            }
+            let started = Instant::now();
             match rb.send() {
                 Err(e) => {
                     let detail = chain(&e);
                     tracing::debug!(%method, url = %shown, attempt, error = %detail, "registry request failed");
+                    if let Some(l) = limit
+                        && e.is_timeout()
+                        && started.elapsed() >= l.deadline
+                    {
+                        return Err(l.error(method, &shown));
+                    }
                     if attempt <= max && transient(&e) {
                         std::thread::sleep(backoff(attempt - 1, self.retry_base()));
                         continue;
@@ -896,12 +1004,14 @@ fn transient(e: &reqwest::Error) -> bool {
     e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
 }
 
-/// Reads a whole body of at most `cap` bytes.
+/// Reads a whole body of at most `cap` bytes. A timeout while reading is the request's
+/// deadline (`limit`): for small documents the HTTP client's timeout is the deadline.
 pub(crate) fn read_capped(
     resp: Response,
     cap: u64,
     what: &str,
     method: &Method,
+    limit: Option<&Limit<'_>>,
 ) -> Result<Vec<u8>> {
     let url = redact_url(resp.url());
     let too_large = || Error::TooLarge {
@@ -915,11 +1025,14 @@ pub(crate) fn read_capped(
     let mut buf = Vec::new();
     resp.take(cap + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| Error::Http {
-            method: method.to_string(),
-            url: url.clone(),
-            detail: chain(&e),
-            attempts: 1,
+        .map_err(|e| match limit {
+            Some(l) if is_timeout_io(&e) => l.error(method, &url),
+            _ => Error::Http {
+                method: method.to_string(),
+                url: url.clone(),
+                detail: chain(&e),
+                attempts: 1,
+            },
         })?;
     if buf.len() as u64 > cap {
         return Err(too_large());
@@ -942,9 +1055,23 @@ pub(crate) fn content_length(resp: &Response) -> Option<u64> {
 /// `401 UNAUTHORIZED: authentication required` from the registry's error document (at most
 /// 1 MiB is read), or `503 Service Unavailable`.
 pub(crate) fn summarize(resp: Response) -> String {
+    summarize_within(resp, None)
+}
+
+/// [`summarize`], reading the error document only until `deadline` (for responses to
+/// requests whose deadline the HTTP client does not enforce: blob downloads).
+pub(crate) fn summarize_within(resp: Response, deadline: Option<Instant>) -> String {
     let status = resp.status();
     let mut body = Vec::new();
-    let _ = resp.take(MAX_SMALL_BODY).read_to_end(&mut body);
+    let mut capped = resp.take(MAX_SMALL_BODY);
+    let _ = match deadline {
+        Some(deadline) => Within {
+            inner: capped,
+            deadline,
+        }
+        .read_to_end(&mut body),
+        None => capped.read_to_end(&mut body),
+    };
     summarize_body(status, &body)
 }
 
@@ -989,13 +1116,23 @@ pub(crate) fn summarize_body(status: StatusCode, body: &[u8]) -> String {
 
 /// The error for a response whose status the operation does not accept.
 pub(crate) fn status_error(method: &Method, resp: Response, attempts: u32) -> Error {
+    status_error_within(method, resp, attempts, None)
+}
+
+/// [`status_error`], reading the error document only until `deadline`.
+pub(crate) fn status_error_within(
+    method: &Method,
+    resp: Response,
+    attempts: u32,
+    deadline: Option<Instant>,
+) -> Error {
     let url = redact_url(resp.url());
     let status = resp.status().as_u16();
     Error::Status {
         method: method.to_string(),
         url,
         status,
-        summary: summarize(resp),
+        summary: summarize_within(resp, deadline),
         attempts,
     }
 }

@@ -48,6 +48,26 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
     },
+    /// A request that did not finish within its deadline: a registry that trickles or withholds
+    /// its answer (headers or body).
+    #[error(
+        "{registry}: {what} did not arrive within its deadline of {} ({method} {url}); \
+         give a slow registry more time with --registry-timeout SECONDS \
+         (GANTRY_REGISTRY_TIMEOUT, or registry-timeout in [settings])",
+        show_duration(*deadline)
+    )]
+    Timeout {
+        /// The registry.
+        registry: String,
+        /// What was asked for: `manifest latest of library/alpine`, `blob sha256:… of x/y`.
+        what: String,
+        /// The HTTP method.
+        method: String,
+        /// The URL, redacted.
+        url: String,
+        /// The deadline that was reached.
+        deadline: std::time::Duration,
+    },
     /// A response with a status the operation does not accept.
     #[error("{method} {url}: {summary}{}", attempts_suffix(*attempts))]
     Status {
@@ -172,6 +192,15 @@ pub enum Error {
         /// Why (including the underlying error).
         reason: String,
     },
+}
+
+/// `120 s`, `2.5 s`.
+fn show_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 fn attempts_suffix(attempts: u32) -> String {

@@ -14,7 +14,10 @@
 //!   and logs.
 //!
 //! Every body read is bounded: manifests at 4 MiB, tokens and error documents at 1 MiB, blobs
-//! at their descriptor's size. This crate never prints; it logs
+//! at their descriptor's size. Every request is bounded in time too: a small document's by
+//! [`RegistryConfig::request_timeout`] (connect, headers and body), a blob's by
+//! [`RegistryConfig::blob_deadline`] of the bytes it moves; see [`Error::Timeout`]. This crate
+//! never prints; it logs
 //! method, redacted URL and status with `tracing::debug!`, never headers or secrets.
 //!
 //! # Where credentials go
@@ -47,7 +50,9 @@ mod secret;
 pub use blob::BlobReader;
 pub use challenge::{Challenge, parse_challenges};
 pub use client::{Client, MAX_REDIRECTS, MAX_SMALL_BODY};
-pub use config::{DEFAULT_CERT_DIRS, DOCKER_HUB_HOST, RegistryConfig};
+pub use config::{
+    DEFAULT_CERT_DIRS, DEFAULT_MIN_RATE, DEFAULT_REQUEST_TIMEOUT, DOCKER_HUB_HOST, RegistryConfig,
+};
 pub use credentials::{
     AuthFiles, CredentialSource, DEFAULT_HELPER_TIMEOUT, NoCredentials, StaticCredentials,
     default_auth_file, login, logout,

@@ -2,7 +2,6 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
 
 use gantry_oci::json::MAX_MANIFEST_SIZE;
 use gantry_oci::{Algorithm, Descriptor, Digest, media_types, validate_tag};
@@ -12,7 +11,7 @@ use serde::Deserialize;
 
 use crate::blob::BlobReader;
 use crate::client::{
-    Access, Client, Host, Req, ReqBody, content_length, read_capped, status_error,
+    Access, Client, Deadline, Host, Limit, Req, ReqBody, content_length, read_capped, status_error,
 };
 use crate::redact::redact_url;
 use crate::retry::backoff;
@@ -156,6 +155,20 @@ impl Repo {
         }
     }
 
+    /// `manifest v1 of library/alpine`: what a [`Error::Timeout`] names.
+    pub(crate) fn asked_for(&self, kind: &str, reference: &str) -> String {
+        format!("{kind} {reference} of {}", self.repository)
+    }
+
+    /// The deadline of a small document's request, for reading its body.
+    fn limit<'a>(&'a self, what: &'a str) -> Limit<'a> {
+        Limit {
+            registry: &self.registry,
+            what,
+            deadline: self.client.request_timeout(),
+        }
+    }
+
     /// `GET /v2/`: checks that the registry answers and accepts our credentials.
     pub fn ping(&self) -> Result<()> {
         self.client.ping(&self.registry)
@@ -167,8 +180,10 @@ impl Repo {
         let r = parse_reference(reference)?;
         let host = self.host()?;
         let url = self.url(&host, &format!("manifests/{reference}"))?;
+        let asked = self.asked_for("manifest", reference);
         let req = Req::new(Method::GET, url, Access::Pull(self.repository.clone()))
-            .header(header::ACCEPT, ACCEPT_MANIFESTS);
+            .header(header::ACCEPT, ACCEPT_MANIFESTS)
+            .what(asked.clone());
         let resp = self.client.execute(&host, req)?;
         let status = resp.status();
         if status == StatusCode::NOT_FOUND {
@@ -180,7 +195,8 @@ impl Repo {
         let what = format!("manifest {reference}");
         let media_type = self.manifest_content_type(&resp, &what)?;
         let announced = header_str(&resp, DOCKER_CONTENT_DIGEST);
-        let bytes = read_capped(resp, MAX_MANIFEST_SIZE, &what, &Method::GET)?;
+        let limit = self.limit(&asked);
+        let bytes = read_capped(resp, MAX_MANIFEST_SIZE, &what, &Method::GET, Some(&limit))?;
         let requested = match &r {
             ManifestRef::Digest(d) => Some(d),
             ManifestRef::Tag => None,
@@ -250,7 +266,8 @@ impl Repo {
         let host = self.host()?;
         let url = self.url(&host, &format!("manifests/{reference}"))?;
         let req = Req::new(Method::HEAD, url, Access::Pull(self.repository.clone()))
-            .header(header::ACCEPT, ACCEPT_MANIFESTS);
+            .header(header::ACCEPT, ACCEPT_MANIFESTS)
+            .what(self.asked_for("manifest", reference));
         let resp = self.client.execute(&host, req)?;
         let status = resp.status();
         if status == StatusCode::NOT_FOUND {
@@ -592,8 +609,11 @@ impl Repo {
         let final_location = match body {
             UploadBody::Bytes(bytes) => {
                 let mut put = Req::new(Method::PUT, with_digest(location, &desc.digest), access)
-                    .header(header::CONTENT_TYPE, octets);
+                    .header(header::CONTENT_TYPE, octets)
+                    .what(what.clone());
                 put.retry = false;
+                put.deadline =
+                    Deadline::Whole(self.client.config().blob_deadline(bytes.len() as u64));
                 put.body = ReqBody::Bytes(bytes);
                 put
             }
@@ -605,10 +625,12 @@ impl Repo {
                     }
                     None => {
                         let mut patch = Req::new(Method::PATCH, location.clone(), access.clone())
-                            .header(header::CONTENT_TYPE, octets);
+                            .header(header::CONTENT_TYPE, octets)
+                            .what(what.clone());
                         patch.body =
                             ReqBody::Stream(Some(Box::new(stream.take(desc.size))), desc.size);
-                        patch.timeout = Some(upload_timeout(self.client.read_timeout(), desc.size));
+                        patch.deadline =
+                            Deadline::Whole(self.client.config().blob_deadline(desc.size));
                         let resp = self.client.execute(&host, patch)?;
                         if resp.status() != StatusCode::ACCEPTED {
                             return Err(status_error(&Method::PATCH, resp, 1));
@@ -669,9 +691,10 @@ impl Repo {
             let range = format!("{}-{}", offset, offset + len - 1);
             let mut patch = Req::new(Method::PATCH, location.clone(), access.clone())
                 .header(header::CONTENT_TYPE, "application/octet-stream")
-                .header(header::CONTENT_RANGE, &range);
+                .header(header::CONTENT_RANGE, &range)
+                .what(what.to_owned());
             patch.body = ReqBody::Bytes(bytes::Bytes::from(buf));
-            patch.timeout = Some(upload_timeout(self.client.read_timeout(), len));
+            patch.deadline = Deadline::Whole(self.client.config().blob_deadline(len));
             let resp = self.client.execute(host, patch)?;
             if resp.status() != StatusCode::ACCEPTED {
                 return Err(status_error(&Method::PATCH, resp, 1));
@@ -700,7 +723,8 @@ impl Repo {
                     Method::GET,
                     url.clone(),
                     Access::Pull(self.repository.clone()),
-                ),
+                )
+                .what(format!("the tag list of {}", self.repository)),
             )?;
             let status = resp.status();
             if status == StatusCode::NOT_FOUND {
@@ -712,7 +736,15 @@ impl Repo {
             let next = header_str(&resp, header::LINK.as_str())
                 .and_then(|l| next_link(&l))
                 .and_then(|l| resp.url().join(&l).ok());
-            let body = read_capped(resp, MAX_MANIFEST_SIZE, "tag list", &Method::GET)?;
+            let asked = format!("the tag list of {}", self.repository);
+            let limit = self.limit(&asked);
+            let body = read_capped(
+                resp,
+                MAX_MANIFEST_SIZE,
+                "tag list",
+                &Method::GET,
+                Some(&limit),
+            )?;
             let list: TagList =
                 gantry_oci::json::parse_strict(&body, "tag list", MAX_MANIFEST_SIZE)
                     .map_err(|e| self.invalid("tag list", e.to_string()))?;
@@ -729,12 +761,6 @@ impl Repo {
 pub(crate) enum UploadBody {
     Bytes(bytes::Bytes),
     Stream(Box<dyn Read + Send>),
-}
-
-/// An upload (or one chunk of it) may take this long: the read timeout plus one second per
-/// 32 KiB, so a stalled upload still ends.
-fn upload_timeout(read_timeout: Duration, size: u64) -> Duration {
-    read_timeout + Duration::from_secs(size / (32 << 10))
 }
 
 /// The chunk size of a streamed upload, given the registry's `OCI-Chunk-Min-Length`, or
@@ -855,11 +881,5 @@ mod tests {
         assert_eq!(chunk_size(Some("5242880")), Some(UPLOAD_CHUNK));
         assert_eq!(chunk_size(Some("67108864")), Some(64 << 20));
         assert_eq!(chunk_size(Some(&(UPLOAD_CHUNK_MAX + 1).to_string())), None);
-    }
-
-    #[test]
-    fn upload_timeouts_grow_with_size() {
-        let t = upload_timeout(Duration::from_secs(60), 1 << 30);
-        assert_eq!(t, Duration::from_secs(60 + 32768));
     }
 }

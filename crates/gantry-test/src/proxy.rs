@@ -5,8 +5,9 @@
 //! ways, so it never has to frame keep-alive or chunked streams. Faults are programmed per
 //! request: the next N requests whose path contains a pattern get a status (503 with
 //! `Retry-After: 1`), a redirect, a cut after K body bytes, a flipped body byte, their `Range`
-//! stripped or a wrong `Content-Range`. Every request is logged with its headers, the status
-//! returned and the body bytes sent.
+//! stripped or a wrong `Content-Range`, or a slow answer: headers or body trickled one byte at
+//! a time, or the body throttled to a steady rate. Every request is logged with its headers,
+//! the status returned and the body bytes sent.
 //!
 //! [`Recorder`] is a second tiny server (on 127.0.0.2 when possible, so it is another origin
 //! by host and port) that logs what it receives and answers GETs with a fixed body, like a
@@ -40,6 +41,16 @@ pub enum Fault {
     IgnoreRange,
     /// Replace the response's `Content-Range` by a wrong one.
     BogusContentRange,
+    /// Send the response head one byte per interval (a server that never finishes its
+    /// headers), then the body at full speed. Stops when the client hangs up.
+    TrickleHead(Duration),
+    /// Send the response body one byte per interval. Stops when the client hangs up.
+    TrickleBody(Duration),
+    /// Send the response body at this many bytes per second, in twentieths of a second.
+    Throttle(u64),
+    /// [`Fault::IgnoreRange`] and [`Fault::Throttle`] together: a slow server that always
+    /// sends the whole blob.
+    ThrottleIgnoringRange(u64),
 }
 
 impl Fault {
@@ -377,7 +388,10 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
     }
 
     headers.retain(|(k, _)| {
-        let strip_range = fault == Some(Fault::IgnoreRange) && k.eq_ignore_ascii_case("range");
+        let strip_range = matches!(
+            fault,
+            Some(Fault::IgnoreRange | Fault::ThrottleIgnoringRange(_))
+        ) && k.eq_ignore_ascii_case("range");
         !(k.eq_ignore_ascii_case("connection")
             || k.eq_ignore_ascii_case("keep-alive")
             || strip_range)
@@ -408,7 +422,13 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
             }
         }
     }
-    client.write_all(&write_head(&status_line, &rheaders))?;
+    let head = write_head(&status_line, &rheaders);
+    match &fault {
+        Some(Fault::TrickleHead(every)) => trickle(&mut client, &head, *every, &mut 0)?,
+        _ => client.write_all(&head)?,
+    }
+    // Logged now: a client that has the whole body may look before the upstream closes.
+    set_status(status, 0);
 
     let cut = match fault {
         Some(Fault::CutAfter(k)) => Some(k),
@@ -439,10 +459,20 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
         if let Some(k) = cut {
             take = take.min(k.saturating_sub(sent) as usize);
         }
-        if client.write_all(&pending[..take]).is_err() {
+        let written = match &fault {
+            Some(Fault::TrickleBody(every)) => {
+                trickle(&mut client, &pending[..take], *every, &mut sent)
+            }
+            Some(Fault::Throttle(rate) | Fault::ThrottleIgnoringRange(rate)) => {
+                throttle(&mut client, &pending[..take], *rate, &mut sent)
+            }
+            _ => client
+                .write_all(&pending[..take])
+                .map(|()| sent += take as u64),
+        };
+        if written.is_err() {
             break;
         }
-        sent += take as u64;
         pending.clear();
         if cut.is_some_and(|k| sent >= k) {
             break;
@@ -453,6 +483,34 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
     let _ = client.shutdown(Shutdown::Both);
     let _ = up.shutdown(Shutdown::Both);
     let _ = copier.join();
+    Ok(())
+}
+
+/// Writes `bytes` one at a time, `every` apart, counting them in `sent`.
+fn trickle(
+    client: &mut TcpStream,
+    bytes: &[u8],
+    every: Duration,
+    sent: &mut u64,
+) -> io::Result<()> {
+    let _ = client.set_nodelay(true);
+    for b in bytes {
+        client.write_all(std::slice::from_ref(b))?;
+        *sent += 1;
+        thread::sleep(every);
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at about `rate` bytes per second, a twentieth of a second's worth at a time,
+/// counting them in `sent`.
+fn throttle(client: &mut TcpStream, bytes: &[u8], rate: u64, sent: &mut u64) -> io::Result<()> {
+    let step = usize::try_from(rate / 20).unwrap_or(usize::MAX).max(1);
+    for piece in bytes.chunks(step) {
+        client.write_all(piece)?;
+        *sent += piece.len() as u64;
+        thread::sleep(Duration::from_millis(50));
+    }
     Ok(())
 }
 

@@ -146,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .collect::<anyhow::Result<_>>()?,
         auth_file: cli.global.authfile.as_ref().map(|p| ctx.abs(p)),
         follow_base_name: cli.global.follow_base_name,
+        timeout: cli.global.registry_timeout,
     };
     let size = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
         v.as_deref()

@@ -264,3 +264,61 @@ fn a_tag_where_a_digest_is_required_is_refused() {
         assert!(!t.path("gantry.lock").exists());
     }
 }
+
+#[test]
+fn a_trickled_manifest_ends_at_the_registry_timeout() {
+    let reg = Registry::start(RegistryOptions::plain());
+    let proxy = FaultProxy::start(&reg.host());
+    let t = crate::env();
+    push_app(&t, &reg);
+    let host = proxy.host();
+    proxy.fault(
+        Some("GET"),
+        "/manifests/",
+        usize::MAX,
+        Fault::TrickleBody(std::time::Duration::from_millis(200)),
+    );
+    let start = std::time::Instant::now();
+    let o = t
+        .gantry()
+        .env("GANTRY_HOME", t.path("pull-home"))
+        .args([
+            "--insecure-registry",
+            &host,
+            "--registry-timeout",
+            "2",
+            "pull",
+            &format!("{host}/team/app:v1"),
+            "-o",
+            "oci:pulled:v1",
+        ])
+        .fails();
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert_mentions(
+        &o.stderr,
+        &[
+            &host,
+            "manifest v1 of team/app",
+            "2 s",
+            "--registry-timeout",
+        ],
+    );
+    assert!(!t.path("pulled").exists());
+    // The environment variable is checked like the flag.
+    let o = t
+        .gantry()
+        .env("GANTRY_HOME", t.path("pull-home"))
+        .env("GANTRY_REGISTRY_TIMEOUT", "0")
+        .args([
+            "--insecure-registry",
+            &host,
+            "pull",
+            &format!("{host}/team/app:v1"),
+            "-o",
+            "oci:pulled:v1",
+        ])
+        .fails();
+    assert_mentions(&o.stderr, &["GANTRY_REGISTRY_TIMEOUT", "expected seconds"]);
+    proxy.clear_faults();
+}
