@@ -78,6 +78,8 @@ pub struct Logged {
     pub body_bytes: u64,
     /// The fault applied, if any.
     pub fault: Option<Fault>,
+    /// Whether the proxy is done with the request: `status` and `body_bytes` are final.
+    pub complete: bool,
 }
 
 impl Logged {
@@ -193,12 +195,22 @@ impl FaultProxy {
         self.l.requests()
     }
 
-    /// Requests whose path contains `path_contains`.
+    /// Requests whose path contains `path_contains`, once the proxy is done with each of them
+    /// (a client can have read a whole body before the proxy records how much it sent); waits
+    /// at most 10 s, then returns them as they are.
     pub fn matching(&self, path_contains: &str) -> Vec<Logged> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path.contains(path_contains))
-            .collect()
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<Logged> = self
+                .requests()
+                .into_iter()
+                .filter(|r| r.path.contains(path_contains))
+                .collect();
+            if found.iter().all(|r| r.complete) || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -349,13 +361,15 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
             status: 0,
             body_bytes: 0,
             fault: fault.clone(),
+            complete: false,
         });
         log.len() - 1
     };
-    let set_status = |status: u16, body: u64| {
+    let set_status = |status: u16, body: u64, complete: bool| {
         let mut log = lock(&shared.log);
         log[idx].status = status;
         log[idx].body_bytes = body;
+        log[idx].complete = complete;
     };
 
     let canned = match &fault {
@@ -382,7 +396,7 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
             &format!("HTTP/1.1 {code} {}", status_text(code)),
             &h,
         ))?;
-        set_status(code, 0);
+        set_status(code, 0, true);
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());
     }
@@ -428,7 +442,7 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
         _ => client.write_all(&head)?,
     }
     // Logged now: a client that has the whole body may look before the upstream closes.
-    set_status(status, 0);
+    set_status(status, 0, false);
 
     let cut = match fault {
         Some(Fault::CutAfter(k)) => Some(k),
@@ -478,7 +492,7 @@ fn proxy_one(mut client: TcpStream, upstream: &str, shared: &Shared) -> io::Resu
             break;
         }
     }
-    set_status(status, sent);
+    set_status(status, sent, true);
     let _ = client.flush();
     let _ = client.shutdown(Shutdown::Both);
     let _ = up.shutdown(Shutdown::Both);
@@ -553,6 +567,7 @@ fn record_one(mut client: TcpStream, shared: &Shared) -> io::Result<()> {
         status,
         body_bytes: sent,
         fault: None,
+        complete: true,
     });
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
