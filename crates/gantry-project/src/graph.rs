@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use gantry_image::Base;
 
 use crate::check::{Checker, kp};
-use crate::{BaseRef, Error, ImageTarget, Pin, Project, PullSource, PullTarget, StepTarget, TargetRef};
+use crate::{
+    BaseRef, Error, ImageTarget, Pin, Project, PullSource, PullTarget, StepTarget, TargetRef,
+};
 
 /// Whether the layer `name` stands alone: it is the first layer of a scratch image (or step)
 /// wherever it is used, or it is used nowhere. Only such a layer carries its implicit parent
