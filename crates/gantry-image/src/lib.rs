@@ -2,8 +2,8 @@
 //!
 //! An [`Image`] is a config plus a list of [`LayerRef`]s: each layer's descriptor, diff_id and
 //! the place its blob can be read from ([`BlobSource`]). Building on a base reads only the
-//! base's manifest and config; layer bytes move only when a sink (a layout, later a registry
-//! push) needs them, and bytes from outside the store are verified as they move.
+//! base's manifest and config; layer bytes move only when a sink (a layout, an archive, a
+//! registry push) needs them, and bytes from outside the store are verified as they move.
 
 mod edits;
 mod error;

@@ -7,8 +7,8 @@
 //! |---|---|
 //! | `gantry` | the binary: argument parsing, logging, progress bars, printing |
 //! | `gantry-cli` | clap definitions only |
-//! | `gantry-ops` | this crate (`git` reads revision and commit time for labels): one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`], [`run`] (run, unpack)); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching, which layouts' `base.name` may be followed); `step` runs build steps; [`remote_cache`] keeps action-cache entries in a registry |
-//! | `gantry-project` | gantry.toml: schema, validation with file:line:column, the target graph |
+//! | `gantry-ops` | this crate (`git` reads revision and commit time for labels): one module per command ([`build`], [`layer`], [`image`], [`inspect`], [`ls`], [`maintenance`], [`lock`], [`push`], [`transfer`] (copy, export, pull), [`login`], [`run`] (run, unpack)); [`registry`] is the shared registry side (client from options, shallow resolution, blob fetching, which layouts' `base.name` may be followed); `step` runs build steps (unpacked rootfs, cache key, capture; the container is prepared by `gantry-runtime`, as for [`run`]); [`remote_cache`] keeps action-cache entries in a registry |
+//! | `gantry-project` | gantry.toml: schema, model, checks per target kind with file:line:column, the target graph |
 //! | `gantry-cache` | the action cache (key → outputs) and the stat cache (file → digest) |
 //! | `gantry-oci` | digests, descriptors, media types, references, manifests, configs, canonical JSON |
 //! | `gantry-layer` | layer specs and recipes, the tar writer, gzip/zstd, tar validation and listing |
@@ -16,7 +16,7 @@
 //! | `gantry-image` | the lazy image model: bases, layer refs, config edits, manifest output |
 //! | `gantry-registry` | the distribution client: auth, credentials, manifests, blobs, uploads, mounts, retries |
 //! | `gantry-unpack` | hostile-tar extraction into a rootfs, the rootfs cache |
-//! | `gantry-runtime` | OCI runtime bundles, crun/runc, rootless id maps, overlay or copy rootfs |
+//! | `gantry-runtime` | OCI runtime bundles, crun/runc, rootless id maps, overlay or copy rootfs; container preparation shared by `gantry run` and steps (`prepare_container`: user from the image's `/etc/passwd` read in-root, merged env, workdir, inputs, network) |
 //!
 //! # Files on disk
 //!

@@ -2,11 +2,13 @@
 //! reference) under crun or runc. The image's rootfs comes from the rootfs cache and is never
 //! changed: the container writes to an overlay (or a copy) that is thrown away with it.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 use anyhow::{Context as _, Result, bail};
 use gantry_oci::Platform;
 use gantry_project::{Project, TargetRef};
+use gantry_runtime::{ContainerRequest, Purpose};
 use gantry_unpack::{DevicePolicy, ImageLayer, UnpackOptions};
 
 use crate::Context;
@@ -54,9 +56,6 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
         }
     };
     let store = ctx.store()?;
-    // Container state in the store's session, where the next gantry finds it if this one is
-    // killed.
-    let runtime = runtime.with_state_root(store.session_dir()?.join(step::RUNTIME_STATE_DIR));
     let label = args.image.clone();
     let config = source
         .runnable_config(&store, &label)
@@ -79,53 +78,29 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
     if argv.is_empty() {
         bail!("{label}: the image has no entrypoint or cmd; give a command after `--`");
     }
-    // Errors name where the user came from: the flag, or the image's config.
-    let (user_spec, user_source) = match &args.user {
-        Some(u) => (u.clone(), format!("--user {u:?}")),
-        None => {
-            let u = step::image_user(&config);
-            let source = format!("{label}: the image config's User {u:?}");
-            (u, source)
-        }
-    };
-    let mut user = step::resolve_user(&lower, &user_spec).context(user_source)?;
-    let rootless = step::rootless_maps()?;
-    if rootless.is_some() {
-        user.additional_gids.clear();
-    }
-    let scratch = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(store.session_dir()?)
-        .context("cannot create a scratch directory")?;
-    let prepared = gantry_runtime::prepare_rootfs(&lower, scratch.path())
-        .context("cannot prepare the root filesystem")?;
-    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let spec = gantry_runtime::RunSpec {
-        rootfs: prepared.path.clone(),
-        args: argv,
-        env: step::merged_env(&config, &env_overrides),
-        cwd: args
-            .workdir
-            .clone()
-            .unwrap_or_else(|| step::image_workdir(&config)),
-        user: gantry_runtime::User {
-            uid: user.uid,
-            gid: user.gid,
-            additional_gids: user.additional_gids,
+    // Container state in the store's session, where the next gantry finds it if this one is
+    // killed; errors name where the user came from (the flag, or the image's config).
+    let container = gantry_runtime::prepare_container(
+        runtime,
+        &ContainerRequest {
+            purpose: Purpose::Run { image: &label },
+            session: store.session_dir()?,
+            lower: &lower,
+            image: step::image_process(&config),
+            args: argv,
+            env: &env_overrides,
+            user: args.user.as_deref(),
+            workdir: args.workdir.as_deref(),
+            network: args.network,
+            inputs: &BTreeMap::new(),
+            terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
         },
-        network: args.network,
-        readonly_rootfs: false,
-        mounts: Vec::new(),
-        hostname: "gantry".to_owned(),
-        terminal,
-        rootless,
-    };
-    let bundle = scratch.path().join("bundle");
-    gantry_runtime::write_bundle(&bundle, &spec)?;
+    )?;
+    let runtime = &container.runtime;
     let status = runtime
-        .run_inherit(&bundle, &step::container_id("run"))
+        .run_inherit(&container.bundle, &container.id)
         .with_context(|| format!("the runtime ({}) failed", runtime.name()))?;
-    drop(prepared);
+    drop(container);
     Ok(u8::try_from(status.exit_code().clamp(0, 255)).unwrap_or(1))
 }
 

@@ -5,9 +5,11 @@
 //! Nothing here logs headers, tokens or credentials: `tracing::debug!` gets the method, the
 //! redacted URL and the status.
 
+mod describe;
+mod origin;
+
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +19,10 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
+pub(crate) use self::describe::chain;
+use self::describe::tls_hint;
+use self::origin::redirect_policy;
+pub(crate) use self::origin::{private_target, same_origin, validate_registry};
 use crate::challenge::{Challenge, parse_challenges};
 use crate::config::DOCKER_HUB_HOST;
 use crate::redact::{redact_url, scrub_urls};
@@ -815,26 +821,6 @@ impl Client {
     }
 }
 
-/// Checks a registry name: `host`, `host:port` or `[v6]:port`, nothing else.
-pub(crate) fn validate_registry(registry: &str) -> Result<()> {
-    let ok = !registry.is_empty()
-        && registry.len() <= 255
-        && registry
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
-        && Url::parse(&format!("https://{registry}/"))
-            .is_ok_and(|u| u.path() == "/" && u.host_str().is_some());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidName {
-            what: "registry",
-            input: registry.to_owned(),
-            reason: "expected host or host:port".to_owned(),
-        })
-    }
-}
-
 fn basic_header(username: &str, password: &Secret) -> HeaderValue {
     let encoded = base64::engine::general_purpose::STANDARD
         .encode(format!("{username}:{}", password.expose()));
@@ -855,139 +841,6 @@ fn url_form(pairs: &[(&str, &str)]) -> String {
     let mut u = Url::parse("http://x/").expect("static URL");
     u.query_pairs_mut().extend_pairs(pairs);
     u.query().unwrap_or("").to_owned()
-}
-
-/// Whether two URLs share scheme, host and port.
-pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
-}
-
-/// Loopback, private, link-local, unique-local, unspecified or shared addresses.
-fn is_local_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_local_ip(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-        }
-    }
-}
-
-fn host_is_local(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<IpAddr>() {
-        Ok(ip) => is_local_ip(ip),
-        Err(_) => bare == "localhost" || bare.ends_with(".localhost"),
-    }
-}
-
-/// Why `target` may not be contacted on behalf of a registry at `origin`: a registry on a
-/// public name or address may not send us to a local or private address (SSRF, T24).
-pub(crate) fn private_target(origin: &Url, target: &Url) -> Option<&'static str> {
-    if host_is_local(target) && !host_is_local(origin) {
-        Some("a registry on a public address may not send us to a local or private address")
-    } else {
-        None
-    }
-}
-
-#[derive(Debug)]
-struct RedirectRefused(String);
-
-impl std::fmt::Display for RedirectRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RedirectRefused {}
-
-fn redirect_policy(registry: Url) -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() > MAX_REDIRECTS {
-            return attempt.error(RedirectRefused(format!(
-                "more than {MAX_REDIRECTS} redirects"
-            )));
-        }
-        let next = attempt.url().clone();
-        let downgrade =
-            attempt.previous().iter().any(|p| p.scheme() == "https") && next.scheme() != "https";
-        if downgrade {
-            return attempt.error(RedirectRefused(format!(
-                "refusing a redirect from https to {}",
-                redact_url(&next)
-            )));
-        }
-        let origin = attempt.previous().first().unwrap_or(&registry);
-        if let Some(reason) = private_target(origin, &next) {
-            return attempt.error(RedirectRefused(format!(
-                "refusing a redirect to {}: {reason}",
-                redact_url(&next)
-            )));
-        }
-        attempt.follow()
-    })
-}
-
-/// An error's message with its sources, every URL in it redacted.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        let t = x.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = x.source();
-    }
-    scrub_urls(&s)
-}
-
-/// What to do about a TLS failure: a plain-HTTP server answering a TLS handshake, or a
-/// certificate from an unknown authority.
-fn tls_hint(detail: &str, url: &Url) -> Option<String> {
-    if url.scheme() != "https" {
-        return None;
-    }
-    let host = match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_owned(),
-        _ => return None,
-    };
-    let text = detail.to_ascii_lowercase();
-    if text.contains("invalidcontenttype") || text.contains("corrupt message") {
-        Some(format!(
-            "{host} does not speak TLS; if it is a plain-HTTP registry, mark it insecure with \
-             --insecure-registry {host} or settings.insecure-registries"
-        ))
-    } else if text.contains("certificate") {
-        Some(format!(
-            "to trust a private CA, give it with --registry-ca {host}=FILE, settings.registry-ca \
-             or /etc/containers/certs.d/{host}/ca.crt"
-        ))
-    } else {
-        None
-    }
 }
 
 fn transient(e: &reqwest::Error) -> bool {
@@ -1138,122 +991,4 @@ pub(crate) fn status_error_within(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summarizes_registry_errors() {
-        let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository"}]}]}"#;
-        assert_eq!(
-            summarize_body(StatusCode::UNAUTHORIZED, body),
-            "401 UNAUTHORIZED: authentication required"
-        );
-        let two = br#"{"errors":[{"code":"A","message":"x"},{"code":"B"}]}"#;
-        assert_eq!(summarize_body(StatusCode::BAD_REQUEST, two), "400 A: x; B");
-        assert_eq!(
-            summarize_body(StatusCode::SERVICE_UNAVAILABLE, b"<html>oops</html>"),
-            "503 Service Unavailable"
-        );
-        let evil = br#"{"errors":[{"code":"X","message":"see https://s3/x?X-Amz-Signature=canary\u0007"}]}"#;
-        let s = summarize_body(StatusCode::FORBIDDEN, evil);
-        assert!(!s.contains("canary") && !s.contains('\u{7}'), "{s}");
-    }
-
-    #[test]
-    fn origins_and_private_targets() {
-        let u = |s: &str| Url::parse(s).unwrap();
-        assert!(same_origin(&u("https://a:443/x"), &u("https://a/y")));
-        assert!(!same_origin(&u("https://a/x"), &u("http://a/x")));
-        assert!(!same_origin(&u("https://a/x"), &u("https://a:444/x")));
-        assert!(!same_origin(&u("https://a/x"), &u("https://b/x")));
-        let public = u("https://registry.example/");
-        for bad in [
-            "http://169.254.169.254/latest",
-            "https://10.0.0.1/token",
-            "https://127.0.0.1:5000/",
-            "https://[::1]/",
-            "https://[fd00::1]/",
-            "https://localhost/",
-            "https://100.64.0.1/",
-        ] {
-            assert!(private_target(&public, &u(bad)).is_some(), "{bad}");
-        }
-        assert!(private_target(&public, &u("https://auth.example/token")).is_none());
-        assert!(private_target(&public, &u("https://8.8.8.8/")).is_none());
-        let local = u("http://127.0.0.1:5000/");
-        assert!(private_target(&local, &u("http://127.0.0.2:6000/")).is_none());
-    }
-
-    #[test]
-    fn registry_names() {
-        for ok in [
-            "docker.io",
-            "127.0.0.1:5000",
-            "[::1]:5000",
-            "my-reg.example.com",
-        ] {
-            validate_registry(ok).unwrap();
-        }
-        for bad in ["", "a/b", "a b", "user@host", "host?x", "host#x"] {
-            assert!(validate_registry(bad).is_err(), "{bad}");
-        }
-    }
-
-    fn assert_send_sync<T: Send + Sync>() {}
-
-    #[test]
-    fn clients_are_send_and_sync() {
-        assert_send_sync::<Client>();
-        assert_send_sync::<crate::Repo>();
-        fn assert_send<T: Send>() {}
-        assert_send::<crate::BlobReader>();
-    }
-
-    #[test]
-    fn docker_hub_goes_to_registry_1() {
-        let c = Client::new(RegistryConfig::default(), Arc::new(crate::NoCredentials)).unwrap();
-        let h = c.host("docker.io").unwrap();
-        assert_eq!(h.base.as_str(), "https://registry-1.docker.io/");
-        assert!(!h.insecure);
-        let h = c.host("ghcr.io").unwrap();
-        assert_eq!(h.base.as_str(), "https://ghcr.io/");
-        assert!(c.host("bad host").is_err());
-    }
-
-    // T24: where a Bearer realm may be.
-    #[test]
-    fn realms_must_be_https_and_public_for_public_registries() {
-        let c = Client::new(RegistryConfig::default(), Arc::new(crate::NoCredentials)).unwrap();
-        let h = c.host("registry.example").unwrap();
-        c.check_realm(&h, "https://auth.example/token").unwrap();
-        for bad in [
-            "http://auth.example/token",
-            "https://10.0.0.1/token",
-            "https://169.254.169.254/latest/meta-data",
-            "https://localhost/token",
-            "ftp://auth.example/token",
-            "not a url",
-            "",
-        ] {
-            let e = c.check_realm(&h, bad).unwrap_err();
-            assert!(matches!(e, Error::Refused { .. }), "{bad}: {e:?}");
-        }
-        // Upload locations follow the same rules.
-        let loc = Url::parse("http://registry.example/v2/x/blobs/uploads/1").unwrap();
-        assert!(c.check_target(&h, &loc).is_err());
-    }
-
-    #[test]
-    fn access_scopes() {
-        assert_eq!(Access::Pull("a/b".into()).scopes(), ["repository:a/b:pull"]);
-        assert_eq!(
-            Access::Mount {
-                to: "t".into(),
-                from: "f".into()
-            }
-            .scopes(),
-            ["repository:t:pull,push", "repository:f:pull"]
-        );
-        assert!(Access::Registry.scopes().is_empty());
-    }
-}
+mod tests;

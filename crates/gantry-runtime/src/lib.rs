@@ -17,22 +17,38 @@
 //!   program's SIGINT/SIGTERM handler), and [`reap_state_root`] those a dead process left.
 //! - [`prepare_rootfs`] gives a step a writable root over a read-only cached rootfs: overlayfs
 //!   (its upper dir is the step's diff) when the kernel allows it, else a copy.
+//! - [`prepare_container`] is the preparation `gantry run` and build steps share: the user
+//!   resolved from the image's own `/etc/passwd` and `/etc/group` ([`resolve_user`], read with
+//!   [`read_in_root`]), the environment merged by key over the image config's
+//!   ([`merged_env`]), the working directory, rootless id maps ([`rootless_maps`]), read-only
+//!   inputs, network, the writable root and the bundle, with errors that name where a setting
+//!   came from ([`Purpose`]). [`to_container_owners`] maps captured owners back to the
+//!   container's view.
 //!
 //! The crate is synchronous and never prints; decisions are logged with `tracing` at debug.
 
+mod accounts;
 mod bundle;
 mod detect;
+mod inroot;
+mod prepare;
 mod rootfs;
 mod run;
 
 use std::io;
 use std::path::PathBuf;
 
+pub use accounts::resolve_user;
 pub use bundle::{
     BindMount, DEFAULT_CAPABILITIES, DEFAULT_PATH, IdMap, IdMaps, NOFILE_SOFT_CAP, RunSpec, User,
     write_bundle,
 };
 pub use detect::{Detection, Runtime, RuntimeKind, Skipped};
+pub use inroot::read_in_root;
+pub use prepare::{
+    Container, ContainerRequest, ImageProcess, Purpose, RUNTIME_STATE_DIR, image_user,
+    image_workdir, merged_env, prepare_container, rootless_maps, to_container_owners,
+};
 pub use rootfs::{PreparedRootfs, RootfsKind, copy_rootfs, prepare_rootfs};
 pub use run::{ExitStatus, Stdio, Stream, container_id, reap_state_root, stop_running};
 
@@ -99,6 +115,37 @@ pub enum Error {
         to: PathBuf,
         /// cp's error output or the I/O error.
         message: String,
+    },
+    /// A file read with [`read_in_root`] is not a regular file or is too large.
+    #[error("{path}: {reason}")]
+    InRoot {
+        /// The path inside the root.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A user name that the image's `/etc/passwd` does not have.
+    #[error("user {0:?} is not in the image's /etc/passwd")]
+    UnknownUser(String),
+    /// A group name that the image's `/etc/group` does not have.
+    #[error("group {0:?} is not in the image's /etc/group")]
+    UnknownGroup(String),
+    /// The image's `/etc/passwd` or `/etc/group` cannot be read.
+    #[error("cannot read {file} of the image: {reason}")]
+    AccountFile {
+        /// The file, absolute in the image.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// A part of [`prepare_container`] failed; `what` names the part (and the setting at
+    /// fault, such as `--user "x"`), `source` says why.
+    #[error("{what}")]
+    Prepare {
+        /// What was being prepared.
+        what: String,
+        /// The error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// An I/O error, with what was being done.
     #[error("{what}: {source}")]

@@ -6,10 +6,11 @@
 //! blobs/<alg>/<hex>   blobs, mode 0444, named by their digest
 //! tmp/s-<random>/     one directory per open Store, holding its locked `lock` file and temp files
 //! refs-v1/<kind>/     named GC roots (see `refs.rs`)
-//! locks/              gc.lock, refs.lock, tmp.lock
+//! locks/              gc.lock, gc-intent.lock, refs.lock, tmp.lock
 //! ```
 //!
-//! Other top-level directories (later versioned buckets such as `cache-v1/`) are left alone.
+//! Other top-level directories belong to other crates (`cache-v1/` and `stat-v1/` to
+//! gantry-cache, `rootfs/` to gantry-unpack's rootfs cache) and are left alone.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, Permissions, TryLockError};

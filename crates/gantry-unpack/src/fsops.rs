@@ -2,18 +2,13 @@
 //! creating missing parents, and removing trees without following symlinks or leaving the
 //! tree (`..` steps are checked against the device and inode they came from).
 
-use std::ffi::OsStr;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
+use std::io;
 use std::path::Path;
 use std::rc::Rc;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timespec};
 use rustix::io::Errno;
-
-use crate::{Error, Result};
 
 /// How every path inside the root is resolved.
 pub(crate) const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
@@ -301,61 +296,4 @@ impl Resolver {
         }
         cur.ok_or_else(|| io::Error::other("empty directory path"))
     }
-}
-
-/// Reads the regular file `rel` of the rootfs at `rootfs`, resolved inside it (symlinks are
-/// followed, but never out of the root), up to `max` bytes. `Ok(None)` when it does not exist;
-/// an error when it is not a regular file (a device, a fifo, a directory) or is larger than
-/// `max`.
-pub fn read_in_root(rootfs: &Path, rel: &str, max: u64) -> Result<Option<Vec<u8>>> {
-    let io_err = |source: io::Error| Error::Io {
-        op: "read",
-        path: rootfs.join(rel.trim_start_matches('/')),
-        source,
-    };
-    let bad = |reason: &str| Error::InRoot {
-        path: format!("/{}", rel.trim_start_matches('/')),
-        reason: reason.to_owned(),
-    };
-    let root = open_dir_path(rootfs).map_err(|source| Error::Io {
-        op: "open",
-        path: rootfs.to_owned(),
-        source,
-    })?;
-    let rel_bytes = OsStr::new(rel).as_bytes();
-    if rel_bytes.contains(&0) {
-        return Err(bad("the path contains a NUL byte"));
-    }
-    // Look first without opening for reading: opening a device can have side effects.
-    let probe = match open_in_root(root.as_fd(), rel_bytes, OFlags::PATH) {
-        Ok(fd) => fd,
-        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOENT) => return Ok(None),
-        Err(e) => return Err(io_err(e)),
-    };
-    let st = rustix::fs::fstat(&probe).map_err(|e| io_err(e.into()))?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(bad("not a regular file"));
-    }
-    if st.st_size as u64 > max {
-        return Err(bad(&format!("larger than {max} bytes")));
-    }
-    let fd = open_in_root(
-        root.as_fd(),
-        rel_bytes,
-        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
-    )
-    .map_err(io_err)?;
-    let st2 = rustix::fs::fstat(&fd).map_err(|e| io_err(e.into()))?;
-    if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
-        return Err(bad("the file changed while it was opened"));
-    }
-    let mut out = Vec::new();
-    File::from(fd)
-        .take(max + 1)
-        .read_to_end(&mut out)
-        .map_err(io_err)?;
-    if out.len() as u64 > max {
-        return Err(bad(&format!("larger than {max} bytes")));
-    }
-    Ok(Some(out))
 }

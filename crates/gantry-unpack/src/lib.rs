@@ -44,7 +44,6 @@ use std::io;
 use std::path::PathBuf;
 
 pub use cache::{CacheIssue, RootfsCache, chain_id};
-pub use fsops::read_in_root;
 pub use gantry_layer::limits::Limits;
 pub use unpack::{ImageLayer, check_destination, unpack_image, unpack_layer};
 
@@ -236,14 +235,6 @@ pub enum Error {
     /// [`unpack_image`]'s destination exists and is not a directory (a symlink is not followed).
     #[error("{0} exists and is not a directory")]
     RootNotDir(PathBuf),
-    /// A file read with [`read_in_root`] is not a regular file or is too large.
-    #[error("{path}: {reason}")]
-    InRoot {
-        /// The path inside the root.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
     /// The caller's layer source failed (for example a blob could not be fetched).
     #[error("{0}")]
     Source(String),
