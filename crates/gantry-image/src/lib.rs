@@ -10,11 +10,12 @@ mod error;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gantry_layer::LayerInfo;
 use gantry_oci::media_types as mt;
 use gantry_oci::{
-    Descriptor, Digest, History, ImageConfig, ImageManifest, Platform, annotations, json,
+    BlobRead, Descriptor, Digest, History, ImageConfig, ImageManifest, Platform, annotations, json,
 };
 use gantry_store::{Layout, LayoutWriter, Selector, Store};
 use serde::Serialize;
@@ -22,13 +23,16 @@ use serde::Serialize;
 pub use edits::{ConfigEdits, normalize_port, parse_env, validate_label_key};
 pub use error::Error;
 
-/// Where a layer's blob can be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a blob can be read: the one answer for every image, built or opened from any
+/// transport. Pushing mounts `Registry` blobs and uploads the others; sinks link or copy
+/// `Store` blobs, read `Local` ones (verified) and fetch `Registry` ones (verified, into the
+/// store).
+#[derive(Debug, Clone)]
 pub enum BlobSource {
     /// gantry's blob store (already verified when it was written).
     Store,
-    /// An OCI layout directory (verified when read).
-    Layout(PathBuf),
+    /// A layout directory, an oci-archive or a docker-archive (verified when read).
+    Local(Arc<dyn BlobRead>),
     /// A repository of a registry (fetched, verified, only when a sink needs the bytes). Also
     /// where a push to the same registry can mount it from.
     Registry {
@@ -38,6 +42,31 @@ pub enum BlobSource {
         repository: String,
     },
 }
+
+impl PartialEq for BlobSource {
+    /// `Local` sources are equal when they are the same opened place.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (BlobSource::Store, BlobSource::Store) => true,
+            (BlobSource::Local(a), BlobSource::Local(b)) => {
+                std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+            }
+            (
+                BlobSource::Registry {
+                    registry: r1,
+                    repository: p1,
+                },
+                BlobSource::Registry {
+                    registry: r2,
+                    repository: p2,
+                },
+            ) => r1 == r2 && p1 == p2,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for BlobSource {}
 
 /// Fetches blobs that live in a registry into the store (verified), for sinks that need their
 /// bytes. Implemented where the registry client is (gantry-ops).
@@ -174,7 +203,7 @@ impl Image {
             base: name.clone(),
             reason,
         };
-        let layout = Layout::open(dir)?;
+        let layout = Arc::new(Layout::open(dir)?);
         let resolved = layout.resolve(selector, platform)?;
         let m = &resolved.manifest;
         if !mt::is_image_config(&m.config.media_type) {
@@ -188,7 +217,7 @@ impl Image {
             &name,
             m,
             &config_bytes,
-            BlobSource::Layout(dir.clone()),
+            BlobSource::Local(Arc::clone(&layout) as Arc<dyn BlobRead>),
             resolved.manifest_descriptor.digest.clone(),
         )?;
         let actual = image.platform();
@@ -415,19 +444,13 @@ impl Built {
         remote: RemoteBlobs<'_>,
     ) -> Result<(), Error> {
         let mut w = LayoutWriter::new(dir)?;
-        let mut layouts: BTreeMap<&Path, Layout> = BTreeMap::new();
         for l in &self.layers {
             match &l.source {
                 BlobSource::Store => w.add_blob_from_store(store, &l.descriptor.digest)?,
-                BlobSource::Layout(src) => {
-                    let layout = match layouts.entry(src.as_path()) {
-                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::btree_map::Entry::Vacant(e) => {
-                            e.insert(Layout::open(src)?)
-                        }
-                    };
-                    w.add_blob_from_layout(layout, &l.descriptor)?;
-                }
+                BlobSource::Local(src) => match src.as_any().downcast_ref::<Layout>() {
+                    Some(layout) => w.add_blob_from_layout(layout, &l.descriptor)?,
+                    None => w.add_blob_from_reader(src.open_blob(&l.descriptor)?, &l.descriptor)?,
+                },
                 // Left out even when the store has it: what a layout holds must not depend on
                 // what the store happens to hold.
                 BlobSource::Registry { .. } => match remote {

@@ -6,14 +6,14 @@
 //! being stored. The manifest goes last, once every blob is there.
 
 use anyhow::{Context as _, Result, bail};
-use gantry_image::Built;
+use gantry_image::{BlobSource, Built};
 use gantry_oci::{Descriptor, Digest, Reference};
 use gantry_registry::{Client, Repo};
 use gantry_store::Store;
 use serde::Serialize;
 
 use crate::Context;
-use crate::transfer::{BlobFrom, SourceImage};
+use crate::transfer::SourceImage;
 use crate::util::parallel_map;
 
 /// Blob transfers run at most this many at once.
@@ -29,7 +29,7 @@ pub struct Pushable {
     /// The manifest's digest.
     pub digest: Digest,
     /// Config and layers, with where their bytes are.
-    pub blobs: Vec<(Descriptor, BlobFrom)>,
+    pub blobs: Vec<(Descriptor, BlobSource)>,
 }
 
 impl Pushable {
@@ -144,12 +144,12 @@ fn push_blob(
     repo: &Repo,
     dest: &Reference,
     desc: &Descriptor,
-    source: &BlobFrom,
+    source: &BlobSource,
 ) -> Result<BlobAction> {
     if repo.head_blob(&desc.digest)?.is_some() {
         return Ok(BlobAction::Present);
     }
-    if let BlobFrom::Registry {
+    if let BlobSource::Registry {
         registry,
         repository,
     } = source
@@ -166,16 +166,12 @@ fn push_blob(
         return Ok(BlobAction::Uploaded);
     }
     match source {
-        BlobFrom::Store => bail!("blob {} is not in the store", desc.digest),
-        BlobFrom::Layout(l) => {
-            repo.upload_blob_reopen(desc, || l.open_blob_verified(desc).map_err(io))?;
+        BlobSource::Store => bail!("blob {} is not in the store", desc.digest),
+        BlobSource::Local(src) => {
+            repo.upload_blob_reopen(desc, || src.open_blob(desc).map_err(std::io::Error::other))?;
             Ok(BlobAction::Uploaded)
         }
-        BlobFrom::DockerArchive(a) => {
-            repo.upload_blob_reopen(desc, || a.open_blob_verified(desc).map_err(io))?;
-            Ok(BlobAction::Uploaded)
-        }
-        BlobFrom::Registry {
+        BlobSource::Registry {
             registry,
             repository,
         } => {

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_cache::{ActionCache, CacheKey, KeyHasher};
-use gantry_image::Image;
+use gantry_image::{BlobSource, Image};
 use gantry_layer::{LayerInfo, LayerPlan, LayerSource};
 use gantry_oci::{Descriptor, Digest, Hasher, ImageConfig, VerifyingReader};
 use gantry_project::{Capture, StepTarget};
@@ -27,7 +27,6 @@ use gantry_runtime::{BindMount, RunSpec, Runtime};
 use gantry_store::Store;
 
 use crate::Context;
-use crate::transfer::BlobFrom;
 
 /// Bumped when the meaning of a step's cache key changes (2: output layers leave out the
 /// parent directories the image already has).
@@ -87,11 +86,11 @@ pub(crate) fn chain_id(image: &Image) -> Digest {
 }
 
 /// The layers of a built (or being built) image, with where their blobs are.
-pub(crate) fn image_layers(image: &Image) -> Result<Vec<(Descriptor, BlobFrom)>> {
+pub(crate) fn image_layers(image: &Image) -> Vec<(Descriptor, BlobSource)> {
     image
         .layers
         .iter()
-        .map(|l| Ok((l.descriptor.clone(), BlobFrom::of(&l.source)?)))
+        .map(|l| (l.descriptor.clone(), l.source.clone()))
         .collect()
 }
 
@@ -103,7 +102,7 @@ pub(crate) fn cached_rootfs(
     store: &Store,
     client: Option<&Client>,
     diff_ids: &[Digest],
-    layers: &[(Descriptor, BlobFrom)],
+    layers: &[(Descriptor, BlobSource)],
     label: &str,
 ) -> Result<PathBuf> {
     if layers.len() != diff_ids.len() {
@@ -137,7 +136,7 @@ pub(crate) fn open_layer(
     store: &Store,
     client: Option<&Client>,
     desc: &Descriptor,
-    from: &BlobFrom,
+    from: &BlobSource,
 ) -> Result<Box<dyn Read>> {
     let from_store = |store: &Store| -> Result<Box<dyn Read>> {
         Ok(Box::new(VerifyingReader::new(
@@ -149,10 +148,9 @@ pub(crate) fn open_layer(
     };
     Ok(match from {
         _ if store.has(&desc.digest) => from_store(store)?,
-        BlobFrom::Store => bail!("blob {} is not in the store", desc.digest),
-        BlobFrom::Layout(l) => Box::new(l.open_blob_verified(desc)?),
-        BlobFrom::DockerArchive(a) => Box::new(a.open_blob_verified(desc)?),
-        BlobFrom::Registry {
+        BlobSource::Store => bail!("blob {} is not in the store", desc.digest),
+        BlobSource::Local(src) => src.open_blob(desc)?,
+        BlobSource::Registry {
             registry,
             repository,
         } => {
@@ -174,7 +172,7 @@ pub(crate) fn open_layer(
 pub(crate) fn layer_readers(
     store: &Store,
     client: Option<&Client>,
-    layers: &[(Descriptor, BlobFrom)],
+    layers: &[(Descriptor, BlobSource)],
 ) -> Result<Vec<(String, Box<dyn Read>)>> {
     layers
         .iter()
@@ -450,7 +448,7 @@ pub(crate) fn run_step(
         store,
         client,
         &job.image.config.rootfs.diff_ids,
-        &image_layers(&job.image)?,
+        &image_layers(&job.image),
         &label,
     )?;
     let scratch = tempfile::Builder::new()

@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_image::{Base, BlobSource, Built, Image};
 use gantry_layer::{Compressor, TarImport};
 use gantry_oci::{
-    Descriptor, Digest, ImageManifest, Platform, Reference, annotations, json, media_types as mt,
+    BlobRead, Descriptor, Digest, ImageManifest, Platform, Reference, annotations, json,
+    media_types as mt,
 };
 use gantry_registry::Client;
 use gantry_store::{
@@ -90,41 +91,6 @@ impl Transport {
     }
 }
 
-/// Where the bytes of a blob are.
-#[derive(Debug, Clone)]
-pub enum BlobFrom {
-    /// The store.
-    Store,
-    /// A layout directory or oci-archive.
-    Layout(Arc<Layout>),
-    /// A docker-archive.
-    DockerArchive(Arc<DockerArchive>),
-    /// A registry repository.
-    Registry {
-        /// `host[:port]`.
-        registry: String,
-        /// Repository path.
-        repository: String,
-    },
-}
-
-impl BlobFrom {
-    /// The origin of a blob of a built image.
-    pub fn of(source: &BlobSource) -> Result<Self> {
-        Ok(match source {
-            BlobSource::Store => BlobFrom::Store,
-            BlobSource::Layout(dir) => BlobFrom::Layout(Arc::new(Layout::open(dir)?)),
-            BlobSource::Registry {
-                registry,
-                repository,
-            } => BlobFrom::Registry {
-                registry: registry.clone(),
-                repository: repository.clone(),
-            },
-        })
-    }
-}
-
 /// An image with its original manifest and config bytes, and where each layer is.
 #[derive(Debug, Clone)]
 pub struct SourceImage {
@@ -137,7 +103,7 @@ pub struct SourceImage {
     /// The config (in the store).
     pub config: Descriptor,
     /// The layers.
-    pub layers: Vec<(Descriptor, BlobFrom)>,
+    pub layers: Vec<(Descriptor, BlobSource)>,
     /// The platform the image is for.
     pub platform: Option<Platform>,
 }
@@ -145,7 +111,7 @@ pub struct SourceImage {
 impl SourceImage {
     /// As an image to push.
     pub fn pushable(&self) -> Pushable {
-        let mut blobs = vec![(self.config.clone(), BlobFrom::Store)];
+        let mut blobs = vec![(self.config.clone(), BlobSource::Store)];
         blobs.extend(self.layers.iter().cloned());
         Pushable {
             manifest_bytes: self.manifest_bytes.clone(),
@@ -198,8 +164,8 @@ impl SourceImage {
             layers: b
                 .layers
                 .iter()
-                .map(|l| Ok((l.descriptor.clone(), BlobFrom::of(&l.source)?)))
-                .collect::<Result<_>>()?,
+                .map(|l| (l.descriptor.clone(), l.source.clone()))
+                .collect(),
             platform: Some(b.platform.clone()),
         })
     }
@@ -242,11 +208,11 @@ impl SourceImage {
             .iter()
             .map(|d| {
                 let from = match &base {
-                    Some(b) if missing.contains(&&d.digest) => BlobFrom::Registry {
+                    Some(b) if missing.contains(&&d.digest) => BlobSource::Registry {
                         registry: b.registry().to_owned(),
                         repository: b.repository().to_owned(),
                     },
-                    _ => BlobFrom::Layout(Arc::clone(&layout)),
+                    _ => BlobSource::Local(Arc::clone(&layout) as Arc<dyn BlobRead>),
                 };
                 (d.clone(), from)
             })
@@ -314,7 +280,7 @@ fn open_unchecked(
                     .map(|l| {
                         (
                             l.descriptor.clone(),
-                            BlobFrom::DockerArchive(Arc::clone(&archive)),
+                            BlobSource::Local(Arc::clone(&archive) as Arc<dyn BlobRead>),
                         )
                     })
                     .collect(),
@@ -335,7 +301,7 @@ fn open_unchecked(
                     .map(|d| {
                         (
                             d.clone(),
-                            BlobFrom::Registry {
+                            BlobSource::Registry {
                                 registry: reference.registry().to_owned(),
                                 repository: reference.repository().to_owned(),
                             },
@@ -365,7 +331,7 @@ fn fill(
         .layers
         .iter()
         .filter_map(|(descriptor, from)| match from {
-            BlobFrom::Registry {
+            BlobSource::Registry {
                 registry,
                 repository,
             } => Some(crate::registry::RemoteBlob {
@@ -380,12 +346,12 @@ fn fill(
     for (desc, from) in &img.layers {
         match from {
             _ if store.has(&desc.digest) => w.add_blob_from_store(store, &desc.digest)?,
-            BlobFrom::Store => bail!("blob {} is not in the store", desc.digest),
-            BlobFrom::Layout(l) => w.add_blob_from_layout(l, desc)?,
-            BlobFrom::DockerArchive(a) => {
-                w.add_blob_from_reader(&mut a.open_blob_verified(desc)?, desc)?
-            }
-            BlobFrom::Registry { .. } => bail!("blob {} was not fetched", desc.digest),
+            BlobSource::Store => bail!("blob {} is not in the store", desc.digest),
+            BlobSource::Local(src) => match src.as_any().downcast_ref::<Layout>() {
+                Some(l) => w.add_blob_from_layout(l, desc)?,
+                None => w.add_blob_from_reader(&mut src.open_blob(desc)?, desc)?,
+            },
+            BlobSource::Registry { .. } => bail!("blob {} was not fetched", desc.digest),
         }
     }
     w.add_blob_bytes(&img.manifest_bytes)?;
@@ -480,10 +446,9 @@ pub fn recompress(
         let what = format!("layer {i} ({})", desc.digest);
         let reader: Box<dyn std::io::Read + Send> = match from {
             _ if store.has(&desc.digest) => Box::new(store.open_blob(&desc.digest)?),
-            BlobFrom::Store => bail!("{what} is not in the store"),
-            BlobFrom::Layout(l) => Box::new(l.open_blob_verified(desc)?),
-            BlobFrom::DockerArchive(a) => Box::new(a.open_blob_verified(desc)?),
-            BlobFrom::Registry {
+            BlobSource::Store => bail!("{what} is not in the store"),
+            BlobSource::Local(src) => src.open_blob(desc)?,
+            BlobSource::Registry {
                 registry,
                 repository,
             } => Box::new(client.repo(registry, repository, false).get_blob(desc)?),
@@ -502,7 +467,7 @@ pub fn recompress(
             bail!("{what}: its content does not match the config's diff_id");
         }
         let new = Descriptor::new(compressor.media_type(), digest, size);
-        layers.push((new, BlobFrom::Store));
+        layers.push((new, BlobSource::Store));
     }
     manifest.media_type = Some(mt::OCI_MANIFEST.to_owned());
     manifest.config.media_type = mt::OCI_CONFIG.to_owned();
