@@ -7,6 +7,7 @@
 
 mod edits;
 mod error;
+mod source;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 pub use edits::{ConfigEdits, normalize_port, parse_env, validate_label_key};
 pub use error::Error;
+pub use source::SourceImage;
 
 /// Where a blob can be read: the one answer for every image, built or opened from any
 /// transport. Pushing mounts `Registry` blobs and uploads the others; sinks link or copy
@@ -278,6 +280,62 @@ impl Image {
             base_digest: Some(manifest_digest),
             base_name: None,
         })
+    }
+
+    /// An image opened from a transport, to build on or run: its config and layers (each
+    /// with where its blob is), with the base annotation pointing at it. Checks that it is a
+    /// runnable image: an image config (read strictly), tar layers, one diff_id each; and,
+    /// given a `platform`, that the image is of it.
+    pub fn from_source(src: &SourceImage, platform: Option<&Platform>) -> Result<Self, Error> {
+        let name = &src.name;
+        let bad = |reason: String| Error::BadBase {
+            base: name.clone(),
+            reason,
+        };
+        let m = &src.manifest;
+        if !mt::is_image_config(&m.config.media_type) {
+            return Err(bad(format!(
+                "config media type {:?} is not an image config (is it an artifact?)",
+                m.config.media_type
+            )));
+        }
+        let config = ImageConfig::parse(&src.config_bytes, &format!("{name}: config"))?;
+        if config.rootfs.diff_ids.len() != src.layers.len() {
+            return Err(bad(format!(
+                "its config lists {} diff_ids for {} layers",
+                config.rootfs.diff_ids.len(),
+                src.layers.len()
+            )));
+        }
+        let mut layers = Vec::with_capacity(src.layers.len());
+        for ((desc, source), diff_id) in src.layers.iter().zip(&config.rootfs.diff_ids) {
+            if mt::layer_compression(&desc.media_type).is_none() {
+                return Err(bad(format!(
+                    "layer {} has media type {:?}, which is not a tar layer",
+                    desc.digest, desc.media_type
+                )));
+            }
+            layers.push(LayerRef {
+                descriptor: desc.clone(),
+                diff_id: Some(diff_id.clone()),
+                source: source.clone(),
+            });
+        }
+        let image = Image {
+            config,
+            layers,
+            annotations: BTreeMap::new(),
+            artifact_type: None,
+            base_digest: Some(src.digest().clone()),
+            base_name: None,
+        };
+        if let Some(wanted) = platform {
+            let actual = image.platform();
+            if !wanted.matches(&actual) {
+                return Err(bad(format!("it is {actual}, not {wanted}")));
+            }
+        }
+        Ok(image)
     }
 
     /// Records the base's name (a registry reference) in the `base.name` annotation of images
