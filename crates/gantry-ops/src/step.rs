@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_cache::{ActionCache, CacheKey, KeyHasher};
 use gantry_image::{BlobSource, Image};
 use gantry_layer::{LayerInfo, LayerPlan, LayerSource};
-use gantry_oci::{Descriptor, Digest, Hasher, ImageConfig, VerifyingReader};
+use gantry_oci::{Descriptor, Digest, Hasher, ImageConfig};
 use gantry_project::{Capture, StepTarget};
 use gantry_registry::Client;
 use gantry_runtime::{BindMount, RunSpec, Runtime};
@@ -121,7 +121,7 @@ pub(crate) fn cached_rootfs(
         .get_or_unpack(
             diff_ids,
             || {
-                layer_readers(store, client, layers)
+                layer_readers(&ctx.transfer(store, client), layers)
                     .map_err(|e| gantry_unpack::Error::Source(format!("{e:#}")))
             },
             &opts,
@@ -130,53 +130,19 @@ pub(crate) fn cached_rootfs(
     Ok(path)
 }
 
-/// Opens a layer blob wherever it is, verified against its descriptor when read to its end;
-/// a registry blob is fetched into the store first (verified), so it is downloaded once.
-pub(crate) fn open_layer(
-    store: &Store,
-    client: Option<&Client>,
-    desc: &Descriptor,
-    from: &BlobSource,
-) -> Result<Box<dyn Read>> {
-    let from_store = |store: &Store| -> Result<Box<dyn Read>> {
-        Ok(Box::new(VerifyingReader::new(
-            store.open_blob(&desc.digest)?,
-            desc.digest.clone(),
-            desc.size,
-            format!("blob {} in the store", desc.digest),
-        )))
-    };
-    Ok(match from {
-        _ if store.has(&desc.digest) => from_store(store)?,
-        BlobSource::Store => bail!("blob {} is not in the store", desc.digest),
-        BlobSource::Local(src) => src.open_blob(desc)?,
-        BlobSource::Registry {
-            registry,
-            repository,
-        } => {
-            let client = client.ok_or_else(|| {
-                anyhow!(
-                    "{} is in {registry}/{repository}, and no registry client was set up",
-                    desc.digest
-                )
-            })?;
-            let what = format!("{registry}/{repository}@{}", desc.digest);
-            let reader = client.repo(registry, repository, false).get_blob(desc)?;
-            store.import(reader, (&desc.digest, desc.size), &what)?;
-            from_store(store)?
-        }
-    })
-}
-
-/// Every layer of an image, opened in order and labelled by digest.
+/// Every layer of an image, opened in order (verified against its descriptor when read to
+/// its end; a registry blob is fetched into the store first, so it is downloaded once) and
+/// labelled by digest.
 pub(crate) fn layer_readers(
-    store: &Store,
-    client: Option<&Client>,
+    t: &gantry_transport::Transfer<'_>,
     layers: &[(Descriptor, BlobSource)],
 ) -> Result<Vec<(String, Box<dyn Read>)>> {
     layers
         .iter()
-        .map(|(d, from)| Ok((d.digest.to_string(), open_layer(store, client, d, from)?)))
+        .map(|(d, source)| {
+            let blob: Box<dyn Read> = t.open_blob(d, source)?;
+            Ok((d.digest.to_string(), blob))
+        })
         .collect()
 }
 

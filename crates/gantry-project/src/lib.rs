@@ -17,10 +17,11 @@ pub mod spans;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use gantry_image::{Base, ConfigEdits, normalize_port, validate_label_key};
+use gantry_image::{ConfigEdits, normalize_port, validate_label_key};
 use gantry_layer::LayerSpec;
 use gantry_layer::spec::Field;
 use gantry_oci::{Digest, Platform, Reference};
+use gantry_transport::ImageRef;
 
 pub use error::{Diagnostic, Error};
 pub use lock::{LOCK_FILE, Lock, LockedPull};
@@ -218,8 +219,11 @@ pub struct LayerTarget {
 /// What an image is built on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseRef {
-    /// Nothing, or an OCI layout (absolute directory).
-    Fixed(Base),
+    /// Nothing.
+    Scratch,
+    /// An image at a transport reference (paths absolute): a layout directory, an
+    /// oci-archive, a docker-archive, or a registry image pinned by digest.
+    Fixed(ImageRef),
     /// Another image target.
     Image(String),
     /// A pull target, or one variant of it (`debian#bookworm`).
@@ -403,7 +407,7 @@ fn stands_alone(
     for (base, layers) in uses {
         for (i, l) in layers.iter().enumerate() {
             if l == name {
-                alone &= i == 0 && *base == BaseRef::Fixed(Base::Scratch);
+                alone &= i == 0 && *base == BaseRef::Scratch;
             }
         }
     }
@@ -596,7 +600,7 @@ impl Project {
         match base {
             BaseRef::Image(b) => d.push(TargetRef::Image(b.clone())),
             BaseRef::Pull(p) => d.push(TargetRef::Pull(p.clone())),
-            BaseRef::Fixed(_) => {}
+            BaseRef::Scratch | BaseRef::Fixed(_) => {}
         }
         for l in layers {
             let r = self.layer_ref(l);
@@ -876,22 +880,17 @@ fn check_base(
     dir: &Path,
 ) -> BaseRef {
     match base.unwrap_or("scratch") {
-        "scratch" => BaseRef::Fixed(Base::Scratch),
-        b if b.starts_with("oci:") => match Base::parse(b) {
-            Ok(Base::Layout { dir: d, selector }) => {
-                let d = dir.join(d);
-                if !d.join("oci-layout").is_file() {
-                    c.report(
-                        at.join("base"),
-                        format!("{} is not an OCI image layout", d.display()),
-                    );
+        "scratch" => BaseRef::Scratch,
+        b if ImageRef::has_transport(b) => match ImageRef::parse(b, dir) {
+            Ok(r) => {
+                if let Some(problem) = fixed_base_problem(&r) {
+                    c.report(at.join("base"), problem);
                 }
-                BaseRef::Fixed(Base::Layout { dir: d, selector })
+                BaseRef::Fixed(r)
             }
-            Ok(other) => BaseRef::Fixed(other),
             Err(e) => {
                 c.report(at.join("base"), e.to_string());
-                BaseRef::Fixed(Base::Scratch)
+                BaseRef::Scratch
             }
         },
         b if parsed.image.contains_key(b) => BaseRef::Image(b.to_owned()),
@@ -930,17 +929,41 @@ fn check_base(
                 at.join("base"),
                 format!("{b:?} makes a layer, not an image"),
             );
-            BaseRef::Fixed(Base::Scratch)
+            BaseRef::Scratch
         }
         b => {
             c.report(
                 at.join("base"),
                 format!(
-                    "unknown base {b:?}: expected \"scratch\", \"oci:DIR[:TAG]\", an image or a pull target"
+                    "unknown base {b:?}: expected \"scratch\", an image or a pull target, or \
+                     an image reference ({})",
+                    gantry_transport::TRANSPORTS
                 ),
             );
-            BaseRef::Fixed(Base::Scratch)
+            BaseRef::Scratch
         }
+    }
+}
+
+/// What is wrong with a fixed base, found when the project loads: a layout or archive that is
+/// not there, or a registry image named by a tag (a build must not change when the tag
+/// moves; a pull target pins it in gantry.lock).
+fn fixed_base_problem(r: &ImageRef) -> Option<String> {
+    match r {
+        ImageRef::Layout { dir, .. } if !dir.join("oci-layout").is_file() => {
+            Some(format!("{} is not an OCI image layout", dir.display()))
+        }
+        ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. }
+            if !file.is_file() =>
+        {
+            Some(format!("{} is not a file", file.display()))
+        }
+        ImageRef::Registry(reference) if reference.digest().is_none() => Some(format!(
+            "{r} names a tag, which can move: pin a digest (docker://{}@sha256:…), or use a \
+             [pull.NAME] target, which gantry lock pins",
+            reference.name()
+        )),
+        _ => None,
     }
 }
 
@@ -1066,7 +1089,7 @@ fn check_image(
         if let Err(e) = gantry_oci::validate_media_type(t) {
             c.report(at.join("artifact-type"), e);
         }
-        if !matches!(base, BaseRef::Fixed(Base::Scratch)) {
+        if !matches!(base, BaseRef::Scratch) {
             c.report(
                 at.join("base"),
                 "an artifact (artifact-type) has no base image",

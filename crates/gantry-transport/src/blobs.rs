@@ -9,10 +9,10 @@ use crate::error::image_error;
 use crate::{Error, Transfer};
 
 impl Transfer<'_> {
-    /// Opens a blob for reading, verified against `desc` when read to its end: from the store
-    /// when it has it, else from where `source` says. A registry blob is fetched into the
-    /// store first (verified), so it is downloaded once; with a read-only store it is
-    /// streamed (verified as it streams).
+    /// Opens a blob for reading, verified against `desc` when read to its end: a layout's or
+    /// archive's blob from there, others from the store when it has them. A registry blob is
+    /// fetched into the store first (verified), so it is downloaded once; with a read-only
+    /// store it is streamed (verified as it streams).
     pub fn open_blob(
         &self,
         desc: &Descriptor,
@@ -36,20 +36,18 @@ impl Transfer<'_> {
         desc: &Descriptor,
         source: &BlobSource,
     ) -> Result<Box<dyn Read + Send>, Error> {
-        if self.store.has(&desc.digest) {
-            return Ok(Box::new(VerifyingReader::new(
+        match source {
+            BlobSource::Local(place) => Ok(place.open_blob(desc)?),
+            _ if self.store.has(&desc.digest) => Ok(Box::new(VerifyingReader::new(
                 self.store.open_blob(&desc.digest)?,
                 desc.digest.clone(),
                 desc.size,
                 format!("blob {} in the store", desc.digest),
-            )));
-        }
-        match source {
+            ))),
             BlobSource::Store => Err(image_error(
                 format!("blob {}", desc.digest),
                 "it is not in the store",
             )),
-            BlobSource::Local(place) => Ok(place.open_blob(desc)?),
             BlobSource::Registry {
                 registry,
                 repository,

@@ -21,10 +21,15 @@ const SHALLOW_REF: &str = "shallow";
 /// `base.name` annotation is gantry's own, so readers of the layout may fetch what it leaves out
 /// from there. The record lasts while `dir` exists.
 pub fn mark_shallow(store: &Store, manifest: &Descriptor, dir: &Path) -> Result<(), Error> {
+    let target = Descriptor::new(
+        manifest.media_type.clone(),
+        manifest.digest.clone(),
+        manifest.size,
+    );
     store.set_ref(
         SHALLOW_REF,
         &manifest.digest.to_string(),
-        manifest,
+        &target,
         Some(dir),
     )?;
     Ok(())

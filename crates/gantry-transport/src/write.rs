@@ -88,6 +88,14 @@ impl Transfer<'_> {
                 BlobSource::Registry { .. } if completeness == Completeness::Shallow => {
                     omitted = true;
                 }
+                // A layout's or archive's own blob is verified even when the store has the
+                // same digest (a corrupt input is an error, not masked); the output then links
+                // the store's copy rather than writing the bytes again.
+                BlobSource::Local(place) if self.store.has(&desc.digest) => {
+                    verify(place.as_ref(), desc)?;
+                    w.add_blob_from_store(self.store, &desc.digest)?;
+                }
+                BlobSource::Local(place) => add_local(w, place.as_ref(), desc)?,
                 _ if self.store.has(&desc.digest) => {
                     w.add_blob_from_store(self.store, &desc.digest)?;
                 }
@@ -97,7 +105,6 @@ impl Transfer<'_> {
                         "it is not in the store",
                     ));
                 }
-                BlobSource::Local(place) => add_local(w, place.as_ref(), desc)?,
                 BlobSource::Registry { .. } => {
                     return Err(image_error(
                         format!("blob {}", desc.digest),
@@ -109,6 +116,25 @@ impl Transfer<'_> {
         w.add_blob_from_reader(&mut img.manifest_bytes.as_slice(), &img.descriptor)?;
         Ok(omitted)
     }
+}
+
+/// Reads a blob of a layout or archive to its end, which verifies it.
+fn verify(place: &dyn BlobRead, desc: &Descriptor) -> Result<(), Error> {
+    let mut reader = place.open_blob(desc)?;
+    let Err(e) = std::io::copy(&mut reader, &mut std::io::sink()) else {
+        return Ok(());
+    };
+    // A verification failure names the blob and the place already.
+    if e.get_ref().is_some_and(|r| r.is::<gantry_oci::Error>()) {
+        let inner = e
+            .into_inner()
+            .and_then(|i| i.downcast::<gantry_oci::Error>().ok());
+        return Err(Error::Oci(*inner.expect("checked above")));
+    }
+    Err(image_error(
+        place.describe(),
+        format!("cannot read blob {}: {e}", desc.digest),
+    ))
 }
 
 /// Adds a blob of a layout or archive to `w`, verified. A layout's blob is copied by the
