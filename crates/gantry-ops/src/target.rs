@@ -36,7 +36,14 @@ impl Target {
                 Target::Blob(direct)
             });
         }
-        Ok(Target::Image(ImageRef::parse(arg, &ctx.cwd)?))
+        match ImageRef::parse(arg, &ctx.cwd) {
+            Ok(r) => Ok(Target::Image(r)),
+            Err(_) if !ImageRef::has_transport(arg) && !direct.exists() => bail!(
+                "{arg}: no such layout directory, layer blob or layer info file; for an image \
+                 elsewhere, name its transport: {TRANSPORTS}"
+            ),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

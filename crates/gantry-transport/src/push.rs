@@ -144,8 +144,8 @@ impl Transfer<'_> {
             return Ok(BlobAction::Mounted);
         }
         // Uploads reopen their source for each attempt, so a broken large upload can restart.
-        // The registry checks the digest of what it gets; blobs from outside the store are
-        // verified as they are read, too.
+        // The store's copy goes when it has one (the registry checks the digest of every
+        // upload); blobs from elsewhere are verified as they are read, too.
         if self.store.has(&desc.digest) {
             let open = || self.store.open_blob(&desc.digest);
             repo.upload_blob_reopen(desc, || open().map_err(std::io::Error::other))?;
