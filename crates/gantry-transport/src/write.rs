@@ -1,6 +1,8 @@
 //! Writing an image to any destination: an OCI layout directory, an oci-archive, a
 //! docker-archive (through `gantry_store::ImageWriter`), or a registry (a push).
 
+use std::os::unix::fs::MetadataExt as _;
+
 use gantry_image::{BlobSource, SourceImage};
 use gantry_oci::{BlobRead, Descriptor, Reference, annotations};
 use gantry_store::{DockerArchiveWriter, ImageWriter, Layout, LayoutWriter, OciArchiveWriter};
@@ -89,10 +91,13 @@ impl Transfer<'_> {
                     omitted = true;
                 }
                 // A layout's or archive's own blob is verified even when the store has the
-                // same digest (a corrupt input is an error, not masked); the output then links
-                // the store's copy rather than writing the bytes again.
+                // same digest (a corrupt input is an error, not masked), unless it is the
+                // store's file itself (gantry's layouts link them); the output then links the
+                // store's copy rather than writing the bytes again.
                 BlobSource::Local(place) if self.store.has(&desc.digest) => {
-                    verify(place.as_ref(), desc)?;
+                    if !self.is_store_file(place.as_ref(), desc) {
+                        verify(place.as_ref(), desc)?;
+                    }
                     w.add_blob_from_store(self.store, &desc.digest)?;
                 }
                 BlobSource::Local(place) => add_local(w, place.as_ref(), desc)?,
@@ -115,6 +120,19 @@ impl Transfer<'_> {
         }
         w.add_blob_from_reader(&mut img.manifest_bytes.as_slice(), &img.descriptor)?;
         Ok(omitted)
+    }
+
+    /// Whether the blob of a layout directory is the store's own file (a hard link, or a
+    /// symlink to it), which the store verified when it wrote it.
+    fn is_store_file(&self, place: &dyn BlobRead, desc: &Descriptor) -> bool {
+        let Some(layout) = place.as_any().downcast_ref::<Layout>() else {
+            return false;
+        };
+        let id = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+        matches!(
+            (id(&layout.blob_path(&desc.digest)), id(&self.store.blob_path(&desc.digest))),
+            (Ok(a), Ok(b)) if a == b
+        )
     }
 }
 
