@@ -259,7 +259,8 @@ pub struct LayerArgs {
 /// `gantry image`.
 #[derive(Debug, Args)]
 pub struct ImageArgs {
-    /// scratch, DIR[:TAG], DIR@DIGEST or oci:DIR[:TAG].
+    /// scratch, or an image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF],
+    /// docker://REF, or an existing layout DIR[:TAG].
     #[arg(long, default_value = "scratch", value_name = "BASE")]
     pub base: String,
     /// Platform to pick from an index base and to give a scratch image (default: this host's).
@@ -328,7 +329,8 @@ pub struct ImageArgs {
 /// `gantry inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// An OCI layout (DIR[:TAG], DIR@DIGEST, oci:DIR[:TAG]), a layer blob or a layer info file.
+    /// An image (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF],
+    /// docker://REF, or an existing layout DIR[:TAG]), a layer blob or a layer info file.
     pub target: String,
     /// Platform to pick from an index.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
@@ -341,7 +343,8 @@ pub struct InspectArgs {
 /// `gantry ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// An OCI layout (DIR[:TAG], DIR@DIGEST, oci:DIR[:TAG]), a layer blob or a layer info file.
+    /// An image (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF],
+    /// docker://REF, or an existing layout DIR[:TAG]), a layer blob or a layer info file.
     pub target: String,
     /// Platform to pick from an index.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
@@ -493,7 +496,8 @@ pub struct ExportArgs {
     /// The project.
     #[command(flatten)]
     pub project: ProjectArgs,
-    /// An image target of the project, or a transport reference.
+    /// An image target of the project, or an image reference (oci:DIR[:TAG],
+    /// oci-archive:FILE[:TAG], docker-archive:FILE[:REF], docker://REF).
     pub image: String,
     /// oci, oci-archive or docker-archive.
     #[arg(long, default_value = "oci")]

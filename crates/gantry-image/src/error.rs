@@ -2,14 +2,6 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A base reference that does not parse.
-    #[error("invalid base {base:?}: {reason}")]
-    InvalidBase {
-        /// The base as given.
-        base: String,
-        /// Why.
-        reason: String,
-    },
     /// A base image that is not usable (bad config, mismatched layers).
     #[error("base {base}: {reason}")]
     BadBase {
@@ -36,17 +28,6 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// A blob that could not be fetched from where it is.
-    #[error("cannot fetch {what}: {reason}")]
-    Fetch {
-        /// The blob (registry, repository and digest).
-        what: String,
-        /// Why.
-        reason: String,
-    },
-    /// A store or layout error.
-    #[error(transparent)]
-    Store(#[from] gantry_store::Error),
     /// An OCI vocabulary error.
     #[error(transparent)]
     Oci(#[from] gantry_oci::Error),

@@ -1,34 +1,40 @@
 //! gantry's lazy image model.
 //!
 //! An [`Image`] is a config plus a list of [`LayerRef`]s: each layer's descriptor, diff_id and
-//! the place its blob can be read from ([`BlobSource`]). Building on a base reads only the
-//! base's manifest and config; layer bytes move only when a sink (a layout, an archive, a
-//! registry push) needs them, and bytes from outside the store are verified as they move.
+//! the place its blob can be read from ([`BlobSource`]). It starts from scratch or from a
+//! [`SourceImage`] (an image a transport opened, or one built before): building on a base
+//! reads only the base's manifest and config; layer bytes move only when a sink (a layout, an
+//! archive, a registry push; all in gantry-transport) needs them, and bytes from outside the
+//! store are verified as they move.
 
 mod edits;
 mod error;
+mod source;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gantry_layer::LayerInfo;
 use gantry_oci::media_types as mt;
 use gantry_oci::{
-    Descriptor, Digest, History, ImageConfig, ImageManifest, Platform, annotations, json,
+    BlobRead, Descriptor, Digest, History, ImageConfig, ImageManifest, Platform, annotations, json,
 };
-use gantry_store::{Layout, LayoutWriter, Selector, Store};
 use serde::Serialize;
 
 pub use edits::{ConfigEdits, normalize_port, parse_env, validate_label_key};
 pub use error::Error;
+pub use source::SourceImage;
 
-/// Where a layer's blob can be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a blob can be read: the one answer for every image, built or opened from any
+/// transport. Pushing mounts `Registry` blobs and uploads the others; sinks link or copy
+/// `Store` blobs, read `Local` ones (verified) and fetch `Registry` ones (verified, into the
+/// store).
+#[derive(Debug, Clone)]
 pub enum BlobSource {
     /// gantry's blob store (already verified when it was written).
     Store,
-    /// An OCI layout directory (verified when read).
-    Layout(PathBuf),
+    /// A layout directory, an oci-archive or a docker-archive (verified when read).
+    Local(Arc<dyn BlobRead>),
     /// A repository of a registry (fetched, verified, only when a sink needs the bytes). Also
     /// where a push to the same registry can mount it from.
     Registry {
@@ -39,21 +45,30 @@ pub enum BlobSource {
     },
 }
 
-/// Fetches blobs that live in a registry into the store (verified), for sinks that need their
-/// bytes. Implemented where the registry client is (gantry-ops).
-pub trait FetchBlob: Sync {
-    /// Puts the blob of `layer` (whose source is a registry) into `store`.
-    fn fetch_into_store(&self, store: &Store, layer: &LayerRef) -> Result<(), Error>;
+impl PartialEq for BlobSource {
+    /// `Local` sources are equal when they are the same opened place.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (BlobSource::Store, BlobSource::Store) => true,
+            (BlobSource::Local(a), BlobSource::Local(b)) => {
+                std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+            }
+            (
+                BlobSource::Registry {
+                    registry: r1,
+                    repository: p1,
+                },
+                BlobSource::Registry {
+                    registry: r2,
+                    repository: p2,
+                },
+            ) => r1 == r2 && p1 == p2,
+            _ => false,
+        }
+    }
 }
 
-/// What a layout output does with blobs that are only in a registry.
-#[derive(Clone, Copy)]
-pub enum RemoteBlobs<'a> {
-    /// Leave them out: a shallow layout (manifest, config and local blobs only).
-    Omit,
-    /// Fetch them into the store, then write them like any other blob.
-    Fetch(&'a dyn FetchBlob),
-}
+impl Eq for BlobSource {}
 
 /// A layer of an image: what the manifest and config say about it, and where its bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,72 +79,6 @@ pub struct LayerRef {
     pub diff_id: Option<Digest>,
     /// Where the blob is.
     pub source: BlobSource,
-}
-
-/// What an image is built on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Base {
-    /// Nothing.
-    Scratch,
-    /// An image in an OCI layout.
-    Layout {
-        /// The layout directory.
-        dir: PathBuf,
-        /// Which image in it.
-        selector: Selector,
-    },
-}
-
-impl Base {
-    /// Parses `scratch`, `oci:DIR[:TAG]`, `DIR[:TAG]` or `DIR@sha256:…`. As in skopeo, the
-    /// first `:` separates the directory from the tag.
-    pub fn parse(input: &str) -> Result<Self, Error> {
-        if input == "scratch" {
-            return Ok(Base::Scratch);
-        }
-        let bad = |reason: &str| Error::InvalidBase {
-            base: input.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let rest = input.strip_prefix("oci:").unwrap_or(input);
-        if rest.is_empty() {
-            return Err(bad(
-                "expected scratch, DIR[:TAG], DIR@DIGEST or oci:DIR[:TAG]",
-            ));
-        }
-        let (dir, selector) = if let Some((dir, digest)) = rest.split_once('@') {
-            let d = Digest::parse(digest).map_err(|e| bad(&e.to_string()))?;
-            (dir, Selector::Digest(d))
-        } else if let Some((dir, tag)) = rest.split_once(':') {
-            gantry_oci::validate_ref_name(tag).map_err(|r| bad(&r))?;
-            (dir, Selector::Tag(tag.to_owned()))
-        } else {
-            (rest, Selector::Only)
-        };
-        if dir.is_empty() {
-            return Err(bad("missing layout directory"));
-        }
-        Ok(Base::Layout {
-            dir: PathBuf::from(dir),
-            selector,
-        })
-    }
-}
-
-impl std::fmt::Display for Base {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Base::Scratch => f.write_str("scratch"),
-            Base::Layout { dir, selector } => {
-                write!(f, "oci:{}", dir.display())?;
-                match selector {
-                    Selector::Tag(t) => write!(f, ":{t}"),
-                    Selector::Digest(d) => write!(f, "@{d}"),
-                    Selector::Only => Ok(()),
-                }
-            }
-        }
-    }
 }
 
 /// An image being assembled.
@@ -162,73 +111,33 @@ impl Image {
         }
     }
 
-    /// Loads a base. `platform` picks from an index; when `strict`, a single-manifest base must
-    /// also be of that platform. Only the manifest and config are read.
-    pub fn from_base(base: &Base, platform: &Platform, strict: bool) -> Result<Self, Error> {
-        let (dir, selector) = match base {
-            Base::Scratch => return Ok(Image::scratch(platform)),
-            Base::Layout { dir, selector } => (dir, selector),
-        };
-        let name = base.to_string();
+    /// An image opened from a transport, to build on or run: its config and layers (each
+    /// with where its blob is), with the base annotation pointing at it. Checks that it is a
+    /// runnable image: an image config (read strictly), tar layers, one diff_id each; and,
+    /// given a `platform`, that the image is of it.
+    pub fn from_source(src: &SourceImage, platform: Option<&Platform>) -> Result<Self, Error> {
+        let name = &src.name;
         let bad = |reason: String| Error::BadBase {
             base: name.clone(),
             reason,
         };
-        let layout = Layout::open(dir)?;
-        let resolved = layout.resolve(selector, platform)?;
-        let m = &resolved.manifest;
+        let m = &src.manifest;
         if !mt::is_image_config(&m.config.media_type) {
             return Err(bad(format!(
                 "config media type {:?} is not an image config (is it an artifact?)",
                 m.config.media_type
             )));
         }
-        let config_bytes = layout.read_blob_verified(&m.config, json::MAX_CONFIG_SIZE)?;
-        let image = Image::from_manifest(
-            &name,
-            m,
-            &config_bytes,
-            BlobSource::Layout(dir.clone()),
-            resolved.manifest_descriptor.digest.clone(),
-        )?;
-        let actual = image.platform();
-        if strict && !platform.matches(&actual) {
-            return Err(bad(format!("it is {actual}, not {platform}")));
-        }
-        Ok(image)
-    }
-
-    /// An image from a manifest and its config, whose layers are at `source`. `name` names
-    /// the image in errors; `manifest_digest` becomes the base annotation of images built on
-    /// it. Checks that it is a runnable image: an image config, tar layers, one diff_id each.
-    pub fn from_manifest(
-        name: &str,
-        manifest: &ImageManifest,
-        config_bytes: &[u8],
-        source: BlobSource,
-        manifest_digest: Digest,
-    ) -> Result<Self, Error> {
-        let bad = |reason: String| Error::BadBase {
-            base: name.to_owned(),
-            reason,
-        };
-        let m = manifest;
-        if !mt::is_image_config(&m.config.media_type) {
-            return Err(bad(format!(
-                "config media type {:?} is not an image config (is it an artifact?)",
-                m.config.media_type
-            )));
-        }
-        let config = ImageConfig::parse(config_bytes, &format!("{name}: config"))?;
-        if config.rootfs.diff_ids.len() != m.layers.len() {
+        let config = ImageConfig::parse(&src.config_bytes, &format!("{name}: config"))?;
+        if config.rootfs.diff_ids.len() != src.layers.len() {
             return Err(bad(format!(
                 "its config lists {} diff_ids for {} layers",
                 config.rootfs.diff_ids.len(),
-                m.layers.len()
+                src.layers.len()
             )));
         }
-        let mut layers = Vec::with_capacity(m.layers.len());
-        for (desc, diff_id) in m.layers.iter().zip(&config.rootfs.diff_ids) {
+        let mut layers = Vec::with_capacity(src.layers.len());
+        for ((desc, source), diff_id) in src.layers.iter().zip(&config.rootfs.diff_ids) {
             if mt::layer_compression(&desc.media_type).is_none() {
                 return Err(bad(format!(
                     "layer {} has media type {:?}, which is not a tar layer",
@@ -241,14 +150,21 @@ impl Image {
                 source: source.clone(),
             });
         }
-        Ok(Image {
+        let image = Image {
             config,
             layers,
             annotations: BTreeMap::new(),
             artifact_type: None,
-            base_digest: Some(manifest_digest),
+            base_digest: Some(src.digest().clone()),
             base_name: None,
-        })
+        };
+        if let Some(wanted) = platform {
+            let actual = image.platform();
+            if !wanted.matches(&actual) {
+                return Err(bad(format!("it is {actual}, not {wanted}")));
+            }
+        }
+        Ok(image)
     }
 
     /// Records the base's name (a registry reference) in the `base.name` annotation of images
@@ -403,65 +319,6 @@ pub struct Built {
 }
 
 impl Built {
-    /// Writes an OCI image layout at `dir` (atomically: a failure leaves any earlier layout
-    /// there intact), tagging the manifest with `tag`. Store blobs are hard-linked when
-    /// possible; blobs from other layouts are copied and verified; blobs only in a registry are
-    /// fetched or left out, as `remote` says.
-    pub fn write_layout(
-        &self,
-        store: &Store,
-        dir: &Path,
-        tag: Option<&str>,
-        remote: RemoteBlobs<'_>,
-    ) -> Result<(), Error> {
-        let mut w = LayoutWriter::new(dir)?;
-        let mut layouts: BTreeMap<&Path, Layout> = BTreeMap::new();
-        for l in &self.layers {
-            match &l.source {
-                BlobSource::Store => w.add_blob_from_store(store, &l.descriptor.digest)?,
-                BlobSource::Layout(src) => {
-                    let layout = match layouts.entry(src.as_path()) {
-                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::btree_map::Entry::Vacant(e) => {
-                            e.insert(Layout::open(src)?)
-                        }
-                    };
-                    w.add_blob_from_layout(layout, &l.descriptor)?;
-                }
-                // Left out even when the store has it: what a layout holds must not depend on
-                // what the store happens to hold.
-                BlobSource::Registry { .. } => match remote {
-                    RemoteBlobs::Omit => {}
-                    RemoteBlobs::Fetch(f) => {
-                        f.fetch_into_store(store, l)?;
-                        w.add_blob_from_store(store, &l.descriptor.digest)?;
-                    }
-                },
-            }
-        }
-        w.add_blob_bytes(&self.config_bytes)?;
-        w.add_blob_bytes(&self.manifest_bytes)?;
-        let mut desc = self.manifest.clone();
-        if let Some(t) = tag {
-            desc.annotations
-                .insert(annotations::REF_NAME.to_owned(), t.to_owned());
-        }
-        if self.config.media_type == mt::OCI_CONFIG {
-            desc.platform = Some(self.platform.clone());
-        }
-        w.add_manifest(desc);
-        w.commit()?;
-        Ok(())
-    }
-
-    /// Whether a layout written with `remote` holds this layer's blob.
-    pub fn layout_holds_layer(&self, layer: &LayerRef, remote: RemoteBlobs<'_>) -> bool {
-        !matches!(
-            (&layer.source, remote),
-            (BlobSource::Registry { .. }, RemoteBlobs::Omit)
-        )
-    }
-
     /// The metadata document build systems read.
     pub fn metadata(&self, tag: Option<&str>) -> ImageMetadata {
         ImageMetadata {
@@ -522,36 +379,6 @@ pub struct LayerSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_bases_like_skopeo() {
-        assert_eq!(Base::parse("scratch").unwrap(), Base::Scratch);
-        assert_eq!(
-            Base::parse("out/base:v1").unwrap(),
-            Base::Layout {
-                dir: "out/base".into(),
-                selector: Selector::Tag("v1".into())
-            }
-        );
-        assert_eq!(
-            Base::parse("oci:out/base").unwrap(),
-            Base::Layout {
-                dir: "out/base".into(),
-                selector: Selector::Only
-            }
-        );
-        let d = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
-        assert!(matches!(
-            Base::parse(&format!("dir@{d}")).unwrap(),
-            Base::Layout {
-                selector: Selector::Digest(_),
-                ..
-            }
-        ));
-        assert!(Base::parse("dir:bad tag").is_err());
-        assert!(Base::parse("dir@sha256:nope").is_err());
-        assert!(Base::parse(":tag").is_err());
-    }
 
     fn info(media_type: &str, diff: bool) -> LayerInfo {
         LayerInfo {

@@ -76,6 +76,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A blob that cannot be read from where it is ([`crate::BlobRead`]); the error names
+    /// the place and the blob.
+    #[error(transparent)]
+    Blob(Box<dyn std::error::Error + Send + Sync>),
     /// A document that parses but breaks a rule of the image spec.
     #[error("{what}: {reason}")]
     Invalid {

@@ -4,6 +4,7 @@
 //!
 //! This crate does no I/O beyond the readers and writers handed to it, and never prints.
 
+mod blob;
 mod config;
 mod descriptor;
 mod digest;
@@ -15,6 +16,7 @@ mod platform;
 mod reference;
 pub mod time;
 
+pub use blob::BlobRead;
 pub use config::{ContainerConfig, EmptyObject, History, ImageConfig, RootFs};
 pub use descriptor::{Descriptor, MAX_DESCRIPTOR_SIZE, annotations, validate_media_type};
 pub use digest::{Algorithm, Digest, Hasher, HashingReader, HashingWriter, VerifyingReader};

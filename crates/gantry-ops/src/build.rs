@@ -17,11 +17,12 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use gantry_cache::{ActionCache, KeyHasher, StatCache, StatKey};
-use gantry_image::{Base, BlobSource, Built, Image, RemoteBlobs};
+use gantry_image::{BlobSource, Built, Image};
 use gantry_layer::{FileStamp, LayerInfo, LayerPlan};
 use gantry_oci::{Digest, Platform, annotations};
-use gantry_project::{BaseRef, Epoch, ImageTarget, LabelValue, Pin, Project, TargetRef};
-use gantry_store::{Layout, Store};
+use gantry_project::{BaseRef, Epoch, ImageTarget, LabelValue, Project, TargetRef};
+use gantry_store::{Layout, Selector, Store};
+use gantry_transport::{Completeness, ImageRef, SourceImage};
 use serde::Serialize;
 
 use crate::Context;
@@ -232,76 +233,8 @@ pub fn build(
     })?;
     let store = ctx.store()?;
     let mut registry: Option<gantry_registry::Client> = None;
-    let mut fixed_bases: BTreeMap<String, Image> = BTreeMap::new();
-    for t in &order {
-        match t {
-            TargetRef::Image(_) | TargetRef::Step(_) => {
-                let n = t.name();
-                let (base, platform_req, at) = match t {
-                    TargetRef::Image(_) => {
-                        let img = &project.images[n];
-                        (&img.base, img.platform.as_ref(), img.at)
-                    }
-                    _ => {
-                        let step = &project.steps[n];
-                        (&step.base, step.platform.as_ref(), step.at)
-                    }
-                };
-                let platform = platform_req.cloned().unwrap_or_else(Platform::host);
-                let at = format!("{}:{}:{}: {t}", project.file.display(), at.line, at.column);
-                match base {
-                    BaseRef::Fixed(base) => {
-                        let strict = platform_req.is_some() && *base != Base::Scratch;
-                        let mut loaded = Image::from_base(base, &platform, strict)
-                            .with_context(|| format!("{at}: cannot use base {base}"))?;
-                        crate::registry::find_absent_layers(
-                            ctx,
-                            &store,
-                            &mut loaded,
-                            base,
-                            &platform,
-                        )
-                        .with_context(|| format!("{at}: cannot use base {base}"))?;
-                        if registry.is_none()
-                            && loaded
-                                .layers
-                                .iter()
-                                .any(|l| matches!(l.source, BlobSource::Registry { .. }))
-                        {
-                            registry = Some(crate::registry::client(ctx, Some(project))?);
-                        }
-                        fixed_bases.insert(n.to_owned(), loaded);
-                    }
-                    BaseRef::Pull(reference) => {
-                        let client = match &registry {
-                            Some(c) => c,
-                            None => registry.insert(crate::registry::client(ctx, Some(project))?),
-                        };
-                        let loaded = pull_base(
-                            project,
-                            client,
-                            &store,
-                            reference,
-                            platform_req,
-                            allow_unpinned,
-                        )
-                        .with_context(|| format!("{at}: cannot use base {reference}"))?;
-                        fixed_bases.insert(n.to_owned(), loaded);
-                    }
-                    BaseRef::Image(_) => {}
-                }
-            }
-            TargetRef::Pull(reference) => {
-                // Built alone (`gantry build NAME`): resolve it now, shallowly.
-                let client = match &registry {
-                    Some(c) => c,
-                    None => registry.insert(crate::registry::client(ctx, Some(project))?),
-                };
-                pull_base(project, client, &store, reference, None, allow_unpinned)?;
-            }
-            TargetRef::Layer(_) => {}
-        }
-    }
+    let mut fixed_bases =
+        crate::bases::load_bases(ctx, project, &order, &store, &mut registry, allow_unpinned)?;
 
     tracing::debug!(
         "layers planned and bases loaded at {:.1?}",
@@ -431,7 +364,7 @@ pub fn build(
                     TargetRef::Step(name) => {
                         let step = &project.steps[name];
                         let mut image = match &step.base {
-                            BaseRef::Fixed(_) | BaseRef::Pull(_) => {
+                            BaseRef::Scratch | BaseRef::Fixed(_) | BaseRef::Pull(_) => {
                                 fixed_bases.remove(name).expect("loaded above")
                             }
                             BaseRef::Image(parent) => {
@@ -467,7 +400,7 @@ pub fn build(
                     TargetRef::Image(name) => {
                         let img = &project.images[name];
                         let base = match &img.base {
-                            BaseRef::Fixed(_) | BaseRef::Pull(_) => {
+                            BaseRef::Scratch | BaseRef::Fixed(_) | BaseRef::Pull(_) => {
                                 fixed_bases.remove(name).expect("loaded above")
                             }
                             BaseRef::Image(parent) => {
@@ -769,7 +702,7 @@ fn run_image(
 ) -> Result<Finished> {
     let started_ms = millis(build_started);
     let base_layers = image.layers.len();
-    if matches!(target.base, BaseRef::Fixed(Base::Scratch)) {
+    if matches!(target.base, BaseRef::Scratch) {
         let p = image_platform(target);
         image.config.os.clone_from(&p.os);
         image.config.architecture.clone_from(&p.architecture);
@@ -786,34 +719,23 @@ fn run_image(
     }
     edits.apply(&mut image.config)?;
     let built = image.build(created)?;
-    let remote_layers: Vec<crate::registry::RemoteBlob<'_>> = built
+    let remote = built
         .layers
         .iter()
-        .filter_map(|l| match &l.source {
-            BlobSource::Registry {
-                registry,
-                repository,
-            } => Some(crate::registry::RemoteBlob {
-                registry,
-                repository,
-                descriptor: &l.descriptor,
-            }),
-            _ => None,
-        })
-        .collect();
-    let fetcher = registry.map(|client| crate::registry::Fetcher {
-        client,
-        reporter: ctx.reporter.as_ref(),
-    });
-    let remote = match &fetcher {
-        _ if shallow || remote_layers.is_empty() => RemoteBlobs::Omit,
-        Some(f) => RemoteBlobs::Fetch(f),
-        None => bail!(
-            "image.{}: no registry client to fetch its base layers",
-            target.name
-        ),
+        .any(|l| matches!(l.source, BlobSource::Registry { .. }));
+    let completeness = if shallow {
+        Completeness::Shallow
+    } else {
+        Completeness::Complete
     };
-    let up_to_date = layout_holds(&target.output, &built, &target.layout_tag, remote, stat);
+    let up_to_date = layout_holds(
+        &target.output,
+        &built,
+        &target.layout_tag,
+        completeness,
+        stat,
+    );
+    let t = ctx.transfer(store, registry);
     if !up_to_date {
         crate::whiteouts::warn_whiteouts_under_symlinks(
             ctx,
@@ -827,16 +749,22 @@ fn run_image(
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         // A complete layout: the base layers it lacks are fetched first, concurrently.
-        if let Some(client) = registry.filter(|_| matches!(remote, RemoteBlobs::Fetch(_))) {
-            crate::registry::fetch_blobs(ctx, client, store, &remote_layers)
+        if completeness == Completeness::Complete {
+            t.fetch_blobs(built.layers.iter().map(|l| (&l.descriptor, &l.source)))
                 .with_context(|| format!("image.{}: cannot fetch its base layers", target.name))?;
         }
-        built
-            .write_layout(store, &target.output, Some(&target.layout_tag), remote)
-            .with_context(|| format!("cannot write {}", target.output.display()))?;
-    }
-    if matches!(remote, RemoteBlobs::Omit) && !remote_layers.is_empty() {
-        crate::registry::mark_shallow(store, &built.manifest, &target.output)?;
+        let dest = ImageRef::Layout {
+            dir: target.output.clone(),
+            selector: Selector::Tag(target.layout_tag.clone()),
+        };
+        t.write(
+            &SourceImage::from_built(&built, &format!("image.{}", target.name))?,
+            &dest,
+            completeness,
+        )
+        .with_context(|| format!("cannot write {}", target.output.display()))?;
+    } else if shallow && remote {
+        gantry_transport::mark_shallow(store, &built.manifest, &target.output)?;
     }
     store.put_bytes(&built.config_bytes)?;
     store.put_bytes(&built.manifest_bytes)?;
@@ -930,7 +858,7 @@ fn layout_holds(
     dir: &Path,
     built: &Built,
     tag: &str,
-    remote: RemoteBlobs<'_>,
+    completeness: Completeness,
     stat: &Mutex<StatCache>,
 ) -> bool {
     let Ok(layout) = Layout::open(dir) else {
@@ -952,68 +880,14 @@ fn layout_holds(
     same && intact(&built.manifest.digest)
         && intact(&built.config.digest)
         && built.layers.iter().all(|l| {
-            if built.layout_holds_layer(l, remote) {
+            let left_out = completeness == Completeness::Shallow
+                && matches!(l.source, BlobSource::Registry { .. });
+            if !left_out {
                 intact(&l.descriptor.digest)
             } else {
                 !layout.has_blob(&l.descriptor.digest)
             }
         })
-}
-
-/// Resolves a pull target (`NAME` or `NAME#variant`) to an image whose layers stay in the
-/// registry. The platform is the image's, else the pull target's, else the project's, else
-/// this machine's.
-fn pull_base(
-    project: &Project,
-    client: &gantry_registry::Client,
-    store: &Store,
-    reference: &str,
-    image_platform: Option<&Platform>,
-    allow_unpinned: bool,
-) -> Result<Image> {
-    let (pull, pin) = project
-        .pin(reference)
-        .with_context(|| format!("no pull target {reference:?}"))?;
-    let at = format!(
-        "{}:{}:{}: pull.{}",
-        project.file.display(),
-        pull.at.line,
-        pull.at.column,
-        pull.name
-    );
-    let target = match pin {
-        Pin::Digest(d) => pull.repository.with_digest(d),
-        Pin::Unpinned(tag) if allow_unpinned => pull.repository.with_tag(&tag)?,
-        Pin::Unpinned(tag) => bail!(
-            "{at}: the tag {tag:?} is not pinned in {}; run `gantry lock` (or build with \
-             --allow-unpinned, which is not reproducible)",
-            project.lock.path.display()
-        ),
-    };
-    let shown = match &pull.source {
-        gantry_project::PullSource::Tag(t) | gantry_project::PullSource::Digest(_, Some(t)) => {
-            format!("{}:{t}", pull.repository)
-        }
-        _ => target.to_string(),
-    };
-    let platform = image_platform
-        .or(pull.platform.as_ref())
-        .or(project.settings.platform.as_ref())
-        .cloned()
-        .unwrap_or_else(Platform::host);
-    let remote = crate::registry::resolve(client, store, &target, &platform, pull.anonymous, &at)?;
-    let mut image = Image::from_manifest(
-        &at,
-        &remote.manifest,
-        &remote.config_bytes,
-        BlobSource::Registry {
-            registry: target.registry().to_owned(),
-            repository: target.repository().to_owned(),
-        },
-        remote.manifest_descriptor.digest.clone(),
-    )?;
-    image.set_base_name(&shown);
-    Ok(image)
 }
 
 /// What `gantry clean` removed.

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use gantry_cli::ImageArgs;
-use gantry_image::{Base, BlobSource, ConfigEdits, Image, ImageMetadata, RemoteBlobs, parse_env};
+use gantry_image::{BlobSource, ConfigEdits, Image, ImageMetadata, parse_env};
 use gantry_layer::LayerInfo;
-use gantry_oci::Platform;
+use gantry_store::Selector;
+use gantry_transport::{Completeness, ImageRef, SourceImage};
 
 use crate::Context;
+use crate::transfer::platform_or_host;
 use crate::util::{check_output_file, parse_argv, split_pair, write_atomic};
 
 /// What `gantry image` made.
@@ -89,26 +91,17 @@ pub fn edits_from_args(args: &ImageArgs) -> Result<ConfigEdits> {
 /// Runs `gantry image`.
 pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
     // Parse and check everything before any work.
-    let base = match Base::parse(&args.base)? {
-        Base::Layout { dir, selector } => {
-            let dir = ctx.abs(&dir);
-            if !dir.is_dir() {
-                bail!("--base {}: {} is not a directory", args.base, dir.display());
-            }
-            Base::Layout { dir, selector }
-        }
-        scratch => scratch,
+    let base = match args.base.as_str() {
+        "scratch" => None,
+        b => Some(ImageRef::parse(b, &ctx.cwd).map_err(|e| anyhow::anyhow!("--base {e}"))?),
     };
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = platform_or_host(args.platform.as_deref())?;
     gantry_oci::validate_ref_name(&args.tag).map_err(|r| anyhow::anyhow!("--tag: {r}"))?;
     let edits = edits_from_args(args)?;
     let annotations = parse_kv_map("--annotation", &args.annotations)?;
     if let Some(t) = &args.artifact_type {
         gantry_oci::validate_media_type(t).map_err(|r| anyhow::anyhow!("--artifact-type: {r}"))?;
-        if base != Base::Scratch {
+        if base.is_some() {
             bail!("an artifact (--artifact-type) has no base image; drop --base");
         }
     }
@@ -124,14 +117,21 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
     }
     let created = ctx.created()?;
 
-    let mut image = Image::from_base(&base, &platform, args.platform.is_some())
-        .with_context(|| format!("cannot use base {}", args.base))?;
+    let store = ctx.store()?;
+    let client = match &base {
+        Some(ImageRef::Registry(_)) => Some(crate::registry::client(ctx, None)?),
+        _ => None,
+    };
+    let t = ctx.transfer(&store, client.as_ref());
+    let mut image = match &base {
+        None => Image::scratch(&platform),
+        Some(r) => {
+            crate::bases::open_base(&t, r, &platform, args.platform.as_ref().map(|_| &platform))
+                .with_context(|| format!("cannot use base {}", args.base))?
+        }
+    };
     image.artifact_type.clone_from(&args.artifact_type);
     image.annotations = annotations;
-
-    let store = ctx.store()?;
-    crate::registry::find_absent_layers(ctx, &store, &mut image, &base, &platform)
-        .with_context(|| format!("cannot use base {}", args.base))?;
     let first_added = image.layers.len();
     for l in &layers {
         let what = l.info_path.display().to_string();
@@ -160,9 +160,18 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
     );
 
     let built = image.build(&created)?;
-    built
-        .write_layout(&store, &output, Some(&args.tag), RemoteBlobs::Omit)
-        .with_context(|| format!("cannot write the layout {}", output.display()))?;
+    // Shallow: this command fetches nothing, so base layers that are only in a registry stay
+    // there (and the store records that gantry wrote the layout, for its readers).
+    let dest = ImageRef::Layout {
+        dir: output.clone(),
+        selector: Selector::Tag(args.tag.clone()),
+    };
+    t.write(
+        &SourceImage::from_built(&built, "image")?,
+        &dest,
+        Completeness::Shallow,
+    )
+    .with_context(|| format!("cannot write the layout {}", output.display()))?;
     // Manifest and config go into the store too, so that the output ref roots the layers. Only
     // now: a layout that cannot be written (a corrupt base blob, an output in the way) leaves
     // the store as it was. gc cannot run in between, as the open store holds its shared lock.
@@ -174,15 +183,6 @@ pub fn run(ctx: &Context, args: &ImageArgs) -> Result<ImageResult> {
         &built.manifest,
         Some(&output),
     )?;
-    // On a shallow base the output is shallow too (this command fetches nothing).
-    if built
-        .layers
-        .iter()
-        .any(|l| matches!(l.source, BlobSource::Registry { .. }))
-    {
-        crate::registry::mark_shallow(&store, &built.manifest, &output)?;
-    }
-
     let metadata = built.metadata(Some(&args.tag));
     if let Some(p) = &metadata_path {
         write_atomic(p, &gantry_oci::json::to_canonical_vec(&metadata))?;

@@ -1,4 +1,5 @@
-//! `gantry inspect`: describe an image, a layer blob or a layer info.
+//! `gantry inspect`: describe an image (at any transport reference), a layer blob or a layer
+//! info.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -8,7 +9,7 @@ use gantry_cli::InspectArgs;
 use gantry_layer::{LayerInfo, TarImport};
 use gantry_oci::media_types as mt;
 use gantry_oci::{Digest, HashingWriter, History, ImageConfig, ImageManifest, Platform, json};
-use gantry_store::Layout;
+use gantry_transport::ImageRef;
 use serde::Serialize;
 
 use crate::{Context, Target};
@@ -17,7 +18,7 @@ use crate::{Context, Target};
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum InspectReport {
-    /// An image of a layout.
+    /// An image (of a layout, an archive or a registry).
     Image(Box<ImageReport>),
     /// A layer blob or layer info.
     Layer(Box<LayerReport>),
@@ -27,9 +28,12 @@ pub enum InspectReport {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageReport {
-    /// The layout directory.
-    pub layout: String,
-    /// Tags in the layout.
+    /// Where the image is: its canonical reference (`oci:DIR:TAG`, `docker://REF`, …).
+    pub source: String,
+    /// The layout directory, for an image in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// The names the layout or archive gives its images (none for a registry).
     pub tags: Vec<String>,
     /// Manifest digest.
     pub digest: Digest,
@@ -84,31 +88,12 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<InspectReport> {
         None => Platform::host(),
     };
     match Target::resolve(ctx, &args.target)? {
-        Target::Layout { dir, selector } => {
-            let layout = Layout::open(&dir)?;
-            let r = layout.resolve(&selector, &platform)?;
-            let config = if mt::is_image_config(&r.manifest.config.media_type) {
-                let bytes = layout.read_blob_verified(&r.manifest.config, json::MAX_CONFIG_SIZE)?;
-                Some(ImageConfig::parse(
-                    &bytes,
-                    &format!("{}: config", args.target),
-                )?)
-            } else {
-                None
-            };
-            Ok(InspectReport::Image(Box::new(ImageReport {
-                layout: dir.display().to_string(),
-                tags: layout.tags(),
-                digest: r.manifest_descriptor.digest.clone(),
-                media_type: r.manifest_descriptor.media_type.clone(),
-                size: r.manifest_descriptor.size,
-                platform: config.as_ref().map(|c| {
-                    Platform::new(&c.os, &c.architecture, c.variant.as_deref()).to_string()
-                }),
-                manifest: r.manifest,
-                config,
-            })))
-        }
+        Target::Image(r) => Ok(InspectReport::Image(Box::new(inspect_image(
+            ctx,
+            &r,
+            &platform,
+            &args.target,
+        )?))),
         Target::LayerInfo(path) => {
             let bytes = std::fs::read(&path)?;
             let info = LayerInfo::parse(&bytes, &path.display().to_string())?;
@@ -148,4 +133,43 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<InspectReport> {
             })))
         }
     }
+}
+
+/// The manifest and config of the image at `r` (no layer is read). `arg` names it in errors.
+fn inspect_image(
+    ctx: &Context,
+    r: &ImageRef,
+    platform: &Platform,
+    arg: &str,
+) -> Result<ImageReport> {
+    let store = ctx.store_for_reading()?;
+    let client = match r {
+        ImageRef::Registry(_) => Some(crate::registry::client(ctx, None)?),
+        _ => None,
+    };
+    let source = ctx.transfer(&store, client.as_ref()).source(r)?;
+    let resolved = source.manifest(platform)?;
+    let config_desc = &resolved.manifest.config;
+    let config = if mt::is_image_config(&config_desc.media_type) {
+        let bytes = source.read_blob(config_desc, json::MAX_CONFIG_SIZE)?;
+        Some(ImageConfig::parse(&bytes, &format!("{arg}: config"))?)
+    } else {
+        None
+    };
+    Ok(ImageReport {
+        source: r.to_string(),
+        layout: match r {
+            ImageRef::Layout { dir, .. } => Some(dir.display().to_string()),
+            _ => None,
+        },
+        tags: source.tags(),
+        digest: resolved.manifest_descriptor.digest.clone(),
+        media_type: resolved.manifest_descriptor.media_type.clone(),
+        size: resolved.manifest_descriptor.size,
+        platform: config
+            .as_ref()
+            .map(|c| Platform::new(&c.os, &c.architecture, c.variant.as_deref()).to_string()),
+        manifest: resolved.manifest,
+        config,
+    })
 }

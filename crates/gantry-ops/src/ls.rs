@@ -1,4 +1,5 @@
-//! `gantry ls`: the files of a layer, or of an image (merged, or layer by layer).
+//! `gantry ls`: the files of a layer, or of an image at any transport reference (merged, or
+//! layer by layer).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,10 +10,10 @@ use gantry_cli::LsArgs;
 use gantry_layer::ListedEntry;
 use gantry_layer::recipe::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use gantry_layer::tarread::list_layer;
-use gantry_oci::{Compression, Platform, media_types as mt};
-use gantry_store::Layout;
+use gantry_oci::{Compression, media_types as mt};
 use serde::Serialize;
 
+use crate::transfer::platform_or_host;
 use crate::{Context, Target};
 
 /// One row of output.
@@ -55,17 +56,17 @@ pub fn run(ctx: &Context, args: &LsArgs, each: &mut dyn FnMut(LsRow)) -> Result<
                 each(LsRow { layer: None, entry });
             })?;
         }
-        Target::Layout { dir, selector } => {
-            let platform = match &args.platform {
-                Some(p) => Platform::parse(p)?,
-                None => Platform::host(),
-            };
-            let layout = Layout::open(&dir)?;
-            let resolved = layout.resolve(&selector, &platform)?;
+        Target::Image(r) => {
+            let platform = platform_or_host(args.platform.as_deref())?;
+            let store = ctx.store_for_reading()?;
+            let client = crate::registry::client(ctx, None)?;
+            let t = ctx.transfer(&store, Some(&client));
+            let image = t.open(&r, &platform)?;
             let mut merged = Merged::default();
-            for (i, desc) in resolved.manifest.layers.iter().enumerate() {
+            for (i, (desc, source)) in image.layers.iter().enumerate() {
                 let what = format!("layer {i} ({})", desc.digest);
-                let mut r = BufReader::new(layout.open_blob_verified(desc)?);
+                // Registry layers are streamed (verified), not kept: listing changes nothing.
+                let mut r = BufReader::new(t.stream_blob(desc, source)?);
                 let c = compression_of(Some(&desc.media_type), &mut r)?;
                 let mut rows = Vec::new();
                 list_layer(r, c, &what, |entry| rows.push(entry))

@@ -6,36 +6,38 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 use anyhow::{Context as _, Result, bail};
-use gantry_oci::Platform;
-use gantry_project::{Project, TargetRef};
 use gantry_runtime::{ContainerRequest, Purpose};
+use gantry_transport::{ImageRef, SourceImage};
 use gantry_unpack::{DevicePolicy, ImageLayer, UnpackOptions};
 
 use crate::Context;
 use crate::step;
-use crate::transfer::{SourceImage, open_source};
+use crate::target::{ImageArg, image_arg, project_for};
+use crate::transfer::platform_or_host;
 
 /// Runs `gantry run`; returns the container's exit code (128 + the signal if it was killed).
 pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
-    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
     let mut env_overrides = Vec::new();
     for e in &args.env {
         let (k, v) = gantry_image::parse_env(e).with_context(|| format!("--env {e:?}"))?;
         env_overrides.push((k, v));
     }
+    let project = project_for(ctx, &args.project, &[&args.image])?;
+    let arg = image_arg(ctx, project.as_ref(), &args.image)?;
     let runtime = step::runtime(ctx)?;
-    let project = project_image(ctx, args)?;
     // A project's size caps apply to its images.
     let ctx = &match &project {
-        Some((p, _)) => ctx.with_settings(&p.settings),
+        Some(p) => ctx.with_settings(&p.settings),
         None => ctx.clone(),
     };
-    let (source, client) = match project {
-        Some((project, name)) => {
+    let store = ctx.store()?;
+    let client = crate::registry::client(ctx, project.as_ref())?;
+    let source = match &arg {
+        ImageArg::Target(project, name) => {
             let report = crate::build::build(
                 ctx,
-                &project,
-                std::slice::from_ref(&name),
+                project,
+                std::slice::from_ref(name),
                 crate::build::BuildOptions {
                     allow_unpinned: args.allow_unpinned,
                     ..Default::default()
@@ -43,22 +45,17 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
             )?;
             let built = report
                 .built
-                .get(&name)
+                .get(name)
                 .with_context(|| format!("image.{name} was not built"))?;
-            let client = crate::registry::client(ctx, Some(&project))?;
-            (SourceImage::from_built(built)?, client)
+            SourceImage::from_built(built, &format!("image.{name}"))?
         }
-        None => {
-            let store = ctx.store()?;
-            let client = crate::registry::client(ctx, None)?;
-            let source = open_source(ctx, &store, &client, &args.image, platform.as_ref())?;
-            (source, client)
-        }
+        ImageArg::Ref(r) => ctx
+            .transfer(&store, Some(&client))
+            .open(r, &platform_or_host(args.platform.as_deref())?)?,
     };
-    let store = ctx.store()?;
     let label = args.image.clone();
     let config = source
-        .runnable_config(&store, &label)
+        .runnable_config()
         .with_context(|| format!("cannot run {label}"))?;
     let lower = step::cached_rootfs(
         ctx,
@@ -104,34 +101,11 @@ pub fn run(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<u8> {
     Ok(u8::try_from(status.exit_code().clamp(0, 255)).unwrap_or(1))
 }
 
-/// The project and image target `args.image` names, if it names one (no transport prefix,
-/// and a project file in the directory that defines it).
-fn project_image(ctx: &Context, args: &gantry_cli::RunArgs) -> Result<Option<(Project, String)>> {
-    if args.image.contains(':') || args.image.contains('/') {
-        return Ok(None);
-    }
-    let dir = args
-        .project
-        .dir
-        .as_ref()
-        .map_or_else(|| ctx.cwd.clone(), |d| ctx.abs(d));
-    let file = Project::locate(&dir, args.project.file.as_deref());
-    if !file.is_file() {
-        return Ok(None);
-    }
-    let project = Project::load(&file)?;
-    match project.target(&args.image) {
-        Ok(TargetRef::Image(n)) => Ok(Some((project, n))),
-        Ok(other) => bail!("{other} is not an image; `gantry run` runs images"),
-        Err(_) => Ok(None),
-    }
-}
-
 /// Runs `gantry unpack`; returns a summary of what was unpacked. The config is checked like
 /// `gantry run`'s, every layer is verified against its blob digest and its diff_id, and the
 /// destination appears (mode 0700) only once all of them did.
 pub fn unpack(ctx: &Context, args: &gantry_cli::UnpackArgs) -> Result<String> {
-    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
+    let platform = platform_or_host(args.platform.as_deref())?;
     let devices = match args.devices.as_str() {
         "create" => DevicePolicy::Create,
         "skip" => DevicePolicy::Skip,
@@ -145,12 +119,12 @@ pub fn unpack(ctx: &Context, args: &gantry_cli::UnpackArgs) -> Result<String> {
     // it already holds (or that is in a layout or archive).
     let store = ctx.store_for_reading()?;
     let client = crate::registry::client(ctx, None)?;
-    let source =
-        open_source(ctx, &store, &client, &args.image, platform.as_ref()).with_context(failed)?;
-    let config = source
-        .runnable_config(&store, &args.image)
+    let t = ctx.transfer(&store, Some(&client));
+    let source = ImageRef::parse(&args.image, &ctx.cwd)
+        .and_then(|r| t.open(&r, &platform))
         .with_context(failed)?;
-    let readers = step::layer_readers(&store, Some(&client), &source.layers)?;
+    let config = source.runnable_config().with_context(failed)?;
+    let readers = step::layer_readers(&t, &source.layers)?;
     let layers = readers
         .into_iter()
         .zip(config.rootfs.diff_ids)

@@ -20,18 +20,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use gantry_cache::{ActionCache, CacheKey, KeyHasher};
-use gantry_image::Image;
+use gantry_image::{BlobSource, Image};
 use gantry_layer::{LayerInfo, LayerPlan, LayerSource};
-use gantry_oci::{Descriptor, Digest, Hasher, ImageConfig, VerifyingReader};
+use gantry_oci::{Descriptor, Digest, Hasher, ImageConfig};
 use gantry_project::{Capture, StepTarget};
 use gantry_registry::Client;
 use gantry_runtime::{ContainerRequest, ImageProcess, Purpose, Runtime};
 use gantry_store::Store;
 
 use crate::Context;
-use crate::transfer::BlobFrom;
 
 /// Bumped when the meaning of a step's cache key changes (2: output layers leave out the
 /// parent directories the image already has).
@@ -77,11 +76,11 @@ pub(crate) fn chain_id(image: &Image) -> Digest {
 }
 
 /// The layers of a built (or being built) image, with where their blobs are.
-pub(crate) fn image_layers(image: &Image) -> Result<Vec<(Descriptor, BlobFrom)>> {
+pub(crate) fn image_layers(image: &Image) -> Vec<(Descriptor, BlobSource)> {
     image
         .layers
         .iter()
-        .map(|l| Ok((l.descriptor.clone(), BlobFrom::of(&l.source)?)))
+        .map(|l| (l.descriptor.clone(), l.source.clone()))
         .collect()
 }
 
@@ -93,7 +92,7 @@ pub(crate) fn cached_rootfs(
     store: &Store,
     client: Option<&Client>,
     diff_ids: &[Digest],
-    layers: &[(Descriptor, BlobFrom)],
+    layers: &[(Descriptor, BlobSource)],
     label: &str,
 ) -> Result<PathBuf> {
     if layers.len() != diff_ids.len() {
@@ -112,7 +111,7 @@ pub(crate) fn cached_rootfs(
         .get_or_unpack(
             diff_ids,
             || {
-                layer_readers(store, client, layers)
+                layer_readers(&ctx.transfer(store, client), layers)
                     .map_err(|e| gantry_unpack::Error::Source(format!("{e:#}")))
             },
             &opts,
@@ -121,54 +120,19 @@ pub(crate) fn cached_rootfs(
     Ok(path)
 }
 
-/// Opens a layer blob wherever it is, verified against its descriptor when read to its end;
-/// a registry blob is fetched into the store first (verified), so it is downloaded once.
-pub(crate) fn open_layer(
-    store: &Store,
-    client: Option<&Client>,
-    desc: &Descriptor,
-    from: &BlobFrom,
-) -> Result<Box<dyn Read>> {
-    let from_store = |store: &Store| -> Result<Box<dyn Read>> {
-        Ok(Box::new(VerifyingReader::new(
-            store.open_blob(&desc.digest)?,
-            desc.digest.clone(),
-            desc.size,
-            format!("blob {} in the store", desc.digest),
-        )))
-    };
-    Ok(match from {
-        _ if store.has(&desc.digest) => from_store(store)?,
-        BlobFrom::Store => bail!("blob {} is not in the store", desc.digest),
-        BlobFrom::Layout(l) => Box::new(l.open_blob_verified(desc)?),
-        BlobFrom::DockerArchive(a) => Box::new(a.open_blob_verified(desc)?),
-        BlobFrom::Registry {
-            registry,
-            repository,
-        } => {
-            let client = client.ok_or_else(|| {
-                anyhow!(
-                    "{} is in {registry}/{repository}, and no registry client was set up",
-                    desc.digest
-                )
-            })?;
-            let what = format!("{registry}/{repository}@{}", desc.digest);
-            let reader = client.repo(registry, repository, false).get_blob(desc)?;
-            store.import(reader, (&desc.digest, desc.size), &what)?;
-            from_store(store)?
-        }
-    })
-}
-
-/// Every layer of an image, opened in order and labelled by digest.
+/// Every layer of an image, opened in order (verified against its descriptor when read to
+/// its end; a registry blob is fetched into the store first, so it is downloaded once) and
+/// labelled by digest.
 pub(crate) fn layer_readers(
-    store: &Store,
-    client: Option<&Client>,
-    layers: &[(Descriptor, BlobFrom)],
+    t: &gantry_transport::Transfer<'_>,
+    layers: &[(Descriptor, BlobSource)],
 ) -> Result<Vec<(String, Box<dyn Read>)>> {
     layers
         .iter()
-        .map(|(d, from)| Ok((d.digest.to_string(), open_layer(store, client, d, from)?)))
+        .map(|(d, source)| {
+            let blob: Box<dyn Read> = t.open_blob(d, source)?;
+            Ok((d.digest.to_string(), blob))
+        })
         .collect()
 }
 
@@ -317,7 +281,7 @@ pub(crate) fn run_step(
         store,
         client,
         &job.image.config.rootfs.diff_ids,
-        &image_layers(&job.image)?,
+        &image_layers(&job.image),
         &label,
     )?;
     let container = gantry_runtime::prepare_container(

@@ -14,7 +14,7 @@ use gantry_layer::recipe::WHITEOUT_PREFIX;
 use gantry_layer::stack::{ListedName, whiteouts_under_symlinks};
 use gantry_layer::tarread::list_names;
 use gantry_oci::media_types as mt;
-use gantry_store::{Layout, Store};
+use gantry_store::Store;
 
 use crate::Context;
 
@@ -27,7 +27,7 @@ fn listing(store: &Store, layer: &LayerRef) -> Option<Vec<ListedName>> {
     let compression = mt::layer_compression(&d.media_type)?;
     let reader: Box<dyn Read> = match &layer.source {
         BlobSource::Store => Box::new(store.open_blob(&d.digest).ok()?),
-        BlobSource::Layout(dir) => Box::new(Layout::open(dir).ok()?.open_blob_verified(d).ok()?),
+        BlobSource::Local(src) => src.open_blob(d).ok()?,
         BlobSource::Registry { .. } => return None,
     };
     let r: Box<dyn BufRead> = Box::new(BufReader::with_capacity(256 << 10, reader));

@@ -2,8 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gantry_image::Base;
-
 use crate::check::{Checker, kp};
 use crate::{
     BaseRef, Error, ImageTarget, Pin, Project, PullSource, PullTarget, StepTarget, TargetRef,
@@ -28,7 +26,7 @@ pub(crate) fn stands_alone(
     for (base, layers) in uses {
         for (i, l) in layers.iter().enumerate() {
             if l == name {
-                alone &= i == 0 && *base == BaseRef::Fixed(Base::Scratch);
+                alone &= i == 0 && *base == BaseRef::Scratch;
             }
         }
     }
@@ -84,7 +82,7 @@ impl Project {
         match base {
             BaseRef::Image(b) => d.push(TargetRef::Image(b.clone())),
             BaseRef::Pull(p) => d.push(TargetRef::Pull(p.clone())),
-            BaseRef::Fixed(_) => {}
+            BaseRef::Scratch | BaseRef::Fixed(_) => {}
         }
         for l in layers {
             let r = self.layer_ref(l);

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use gantry_image::{Base, ConfigEdits};
+use gantry_image::ConfigEdits;
 use gantry_layer::LayerSpec;
 use gantry_oci::{Digest, Platform, Reference};
+use gantry_transport::ImageRef;
 
 use crate::schema::AutoLabelsSpec;
 use crate::spans::{KeyPath, LineCol, SpanIndex};
@@ -217,8 +218,11 @@ pub struct LayerTarget {
 /// What an image is built on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseRef {
-    /// Nothing, or an OCI layout (absolute directory).
-    Fixed(Base),
+    /// Nothing.
+    Scratch,
+    /// An image at a transport reference (paths absolute): a layout directory, an
+    /// oci-archive, a docker-archive, or a registry image pinned by digest.
+    Fixed(ImageRef),
     /// Another image target.
     Image(String),
     /// A pull target, or one variant of it (`debian#bookworm`).

@@ -30,6 +30,7 @@
 
 mod archive;
 mod beside;
+mod blob_read;
 mod error;
 mod fsck;
 mod fsutil;

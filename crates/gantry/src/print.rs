@@ -103,7 +103,10 @@ fn row(out: &mut impl Write, key: &str, value: impl std::fmt::Display) -> io::Re
 }
 
 fn inspect_image(out: &mut impl Write, i: &ImageReport) -> io::Result<()> {
-    row(out, "Layout", &i.layout)?;
+    match &i.layout {
+        Some(dir) => row(out, "Layout", dir)?,
+        None => row(out, "Image", &i.source)?,
+    }
     row(out, "Tags", i.tags.join(", "))?;
     row(out, "Digest", &i.digest)?;
     row(out, "MediaType", &i.media_type)?;

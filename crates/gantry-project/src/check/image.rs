@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gantry_image::{Base, ConfigEdits, normalize_port, validate_label_key};
+use gantry_image::{ConfigEdits, normalize_port, validate_label_key};
 use gantry_oci::Reference;
 
 use super::{
@@ -44,7 +44,7 @@ pub(super) fn check_image(
         if let Err(e) = gantry_oci::validate_media_type(t) {
             c.report(at.join("artifact-type"), e);
         }
-        if !matches!(base, BaseRef::Fixed(Base::Scratch)) {
+        if !matches!(base, BaseRef::Scratch) {
             c.report(
                 at.join("base"),
                 "an artifact (artifact-type) has no base image",

@@ -10,8 +10,8 @@ mod step;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use gantry_image::Base;
 use gantry_oci::Platform;
+use gantry_transport::ImageRef;
 
 use crate::graph::{check_cycles, split_variant, stands_alone};
 use crate::schema::ProjectFile;
@@ -181,22 +181,17 @@ fn check_base(
     dir: &Path,
 ) -> BaseRef {
     match base.unwrap_or("scratch") {
-        "scratch" => BaseRef::Fixed(Base::Scratch),
-        b if b.starts_with("oci:") => match Base::parse(b) {
-            Ok(Base::Layout { dir: d, selector }) => {
-                let d = dir.join(d);
-                if !d.join("oci-layout").is_file() {
-                    c.report(
-                        at.join("base"),
-                        format!("{} is not an OCI image layout", d.display()),
-                    );
+        "scratch" => BaseRef::Scratch,
+        b if ImageRef::has_transport(b) => match ImageRef::parse(b, dir) {
+            Ok(r) => {
+                if let Some(problem) = fixed_base_problem(&r) {
+                    c.report(at.join("base"), problem);
                 }
-                BaseRef::Fixed(Base::Layout { dir: d, selector })
+                BaseRef::Fixed(r)
             }
-            Ok(other) => BaseRef::Fixed(other),
             Err(e) => {
                 c.report(at.join("base"), e.to_string());
-                BaseRef::Fixed(Base::Scratch)
+                BaseRef::Scratch
             }
         },
         b if parsed.image.contains_key(b) => BaseRef::Image(b.to_owned()),
@@ -235,17 +230,41 @@ fn check_base(
                 at.join("base"),
                 format!("{b:?} makes a layer, not an image"),
             );
-            BaseRef::Fixed(Base::Scratch)
+            BaseRef::Scratch
         }
         b => {
             c.report(
                 at.join("base"),
                 format!(
-                    "unknown base {b:?}: expected \"scratch\", \"oci:DIR[:TAG]\", an image or a pull target"
+                    "unknown base {b:?}: expected \"scratch\", an image or a pull target, or \
+                     an image reference ({})",
+                    gantry_transport::TRANSPORTS
                 ),
             );
-            BaseRef::Fixed(Base::Scratch)
+            BaseRef::Scratch
         }
+    }
+}
+
+/// What is wrong with a fixed base, found when the project loads: a layout or archive that is
+/// not there, or a registry image named by a tag (a build must not change when the tag
+/// moves; a pull target pins it in gantry.lock).
+fn fixed_base_problem(r: &ImageRef) -> Option<String> {
+    match r {
+        ImageRef::Layout { dir, .. } if !dir.join("oci-layout").is_file() => {
+            Some(format!("{} is not an OCI image layout", dir.display()))
+        }
+        ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. }
+            if !file.is_file() =>
+        {
+            Some(format!("{} is not a file", file.display()))
+        }
+        ImageRef::Registry(reference) if reference.digest().is_none() => Some(format!(
+            "{r} names a tag, which can move: pin a digest (docker://{}@sha256:…), or use a \
+             [pull.NAME] target, which gantry lock pins",
+            reference.name()
+        )),
+        _ => None,
     }
 }
 

@@ -19,6 +19,7 @@ mod remote_cache;
 mod reproducibility;
 mod steps;
 mod store;
+mod transports;
 mod unpack_hardening;
 
 /// The binary under test.
